@@ -1,0 +1,87 @@
+"""`wn-export`: a thin click CLI over the wn_export library. Every command only parses and dispatches.
+
+Imports of torch, onnxruntime and TensorRT happen inside the commands, so `wn-export --help` works
+without them. Errors users can cause (`WNExportError`) become one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 - user errors become messages, bugs keep tracebacks
+            from reference_model.errors import WNExportError
+
+            if isinstance(e, WNExportError):
+                raise click.ClickException(str(e)) from None
+            raise
+
+
+def _checkpoint_option(f):
+    return click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help="Model checkpoint (.safetensors). Default: the bundled demo model.")(f)
+
+
+def _load(checkpoint: Path | None, dtype=None):
+    import torch
+
+    from reference_model import load_checkpoint
+    from wn_export import demo_checkpoint
+
+    return load_checkpoint(checkpoint or demo_checkpoint(), dtype or torch.float32)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wn-export")
+def main():
+    """Export a WaveNet to ONNX and TensorRT, prove parity, and generate audio."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="WaveNet config JSON (fields of WaveNetConfig).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.safetensors).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+def init(config_path: Path, output: Path, seed: int):
+    """Create a randomly initialised checkpoint from a config."""
+    from wn_export.checkpoints import init_checkpoint
+
+    model = init_checkpoint(config_path, output, seed)
+    click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
+               f"receptive field {model.receptive_field} samples)")
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def info(checkpoint: Path | None):
+    """Print a checkpoint's config, parameter count and receptive field (default: the demo model)."""
+    model = _load(checkpoint)
+    click.echo(f"checkpoint           {checkpoint or 'bundled demo model'}")
+    click.echo(model.cfg.summary())
+    click.echo(f"parameters           {model.parameter_count():,}")
+    click.echo(f"receptive field      {model.receptive_field}")
+
+
+@main.command()
+@_checkpoint_option
+@click.option("-o", "--output", "out_dir", default=Path("demo_out"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Directory for the demo's outputs.")
+@click.option("-n", "--samples", default=16000, show_default=True, help="Samples to generate.")
+@click.option("--seed", default=0, show_default=True)
+def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
+    """The main job on a model: summary, then a short generated WAV (reference backend)."""
+    from wn_export.demo import run_demo
+
+    run_demo(checkpoint, out_dir, samples, seed, echo=click.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
