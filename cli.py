@@ -72,6 +72,66 @@ def info(checkpoint: Path | None):
 
 @main.command()
 @_checkpoint_option
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Export directory (created; files inside are replaced atomically).")
+@click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 graphs.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset.")
+@click.option("--state-layout", type=click.Choice(["ring", "full"]), default="ring", show_default=True,
+              help="Step-graph state layout (README: 'State layout').")
+def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_layout: str):
+    """Export the scoring and step graphs (and FP16 variants) with their manifest."""
+    from wn_export.export import export_directory
+
+    manifest = export_directory(out_dir, checkpoint, fp16=fp16, opset=opset, layout=state_layout,
+                                progress=lambda msg: click.echo(msg, err=True))
+    for name, g in manifest["graphs"].items():
+        click.echo(f"{out_dir / g['file']}  {g['precision']}  {g['nodes']} nodes")
+    click.echo(f"{out_dir / 'manifest.json'}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="Backend to check: onnxruntime | tensorrt.")
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reference checkpoint (default: the one recorded in the manifest).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as JSON.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--generation-samples", default=2000, show_default=True)
+def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Path | None, seed: int,
+           generation_samples: int):
+    """Prove every graph in DIRECTORY against the float64 reference; exit 1 on any failure."""
+    from rich.console import Console
+
+    from wn_export.parity import run_parity
+    from reference_model.checkpoint import atomic_write_bytes
+
+    err = Console(stderr=True)
+    with err.status("parity") as status:
+        report = run_parity(directory, backend, checkpoint=checkpoint, seed=seed,
+                            generation_samples=generation_samples, progress=status.update)
+    Console(width=200).print(report.table())
+    if json_path:
+        text = report.to_json()
+        atomic_write_bytes(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    if not report:
+        failed = [c.name + f" ({c.graph})" for c in report.checks if not c]
+        raise click.ClickException(f"parity FAILED for {len(failed)} check(s): {', '.join(failed)}")
+    click.echo(f"parity passed: {len(report.checks)} checks")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def inspect(directory: Path):
+    """Show an export directory: graphs, precision, node counts, I/O and state."""
+    from wn_export.inspect import describe
+
+    click.echo(describe(directory))
+
+
+@main.command()
+@_checkpoint_option
 @click.option("-o", "--output", "out_dir", default=Path("demo_out"), show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Directory for the demo's outputs.")
 @click.option("-n", "--samples", default=16000, show_default=True, help="Samples to generate.")

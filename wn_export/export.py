@@ -75,7 +75,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
-    model = load_checkpoint(checkpoint or demo_checkpoint(), torch.float32)
+    checkpoint = Path(checkpoint or demo_checkpoint())
+    model = load_checkpoint(checkpoint, torch.float32)
     jobs = [("scoring", FP32), ("step", FP32)]
     if fp16:
         jobs += [("scoring", FP16), ("step", FP16)]
@@ -94,6 +95,7 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
             graphs[spec.name] = graph_entry(spec, file, sha256(staging / file), result["stats"]["nodes"])
         manifest = build_manifest(model.cfg, graphs)
         manifest["opset"] = opset
+        manifest["source"] = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256(checkpoint)}
         write_manifest(staging, manifest)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new graphs

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import tempfile
 from collections import Counter
 
 import onnx
@@ -73,6 +75,8 @@ def _unknown_shapes(model: onnx.ModelProto, dynamic_dims: set[str]) -> list[str]
     for d in dynamic_dims:
         allowed |= set(_SYMBOL.findall(d))
     inferred = _infer(model)
+    if inferred is None:
+        return ["symbolic shape inference could not infer every shape"]
     bad = []
     for vi in [*inferred.graph.value_info, *inferred.graph.output]:
         t = vi.type.tensor_type
@@ -89,9 +93,14 @@ def _unknown_shapes(model: onnx.ModelProto, dynamic_dims: set[str]) -> list[str]
     return [f"shape inference leaves unknown dims: {', '.join(bad[:5])}"] if bad else []
 
 
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+    # on failure it saves a debug model into the working directory: keep that out of the user's way
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        try:
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+        except Exception:  # noqa: BLE001 - it raises a bare Exception("Incomplete symbolic shape inference")
+            return None
