@@ -45,10 +45,26 @@ def export_graph(model: WaveNet, kind: str, precision, path: Path, opset: int = 
     graph = onnx.load_from_string(buf.getvalue())
     graph.producer_name, graph.doc_string = "wn-export", f"wn-export {spec.name} graph"
     _check_io(graph, spec)
+    _stamp_shapes(graph, spec)
     dims = {d for t in (*spec.inputs, *spec.outputs) for d in t.shape if isinstance(d, str)}
     stats = check_graph(graph, dims, path.name)
     onnx.save(graph, str(path))
     return {"spec": spec, "stats": stats}
+
+
+def _stamp_shapes(graph: onnx.ModelProto, spec) -> None:
+    """Write the contract's shapes (named dims, static sizes) onto the graph's I/O; hygiene's strict
+    shape inference then proves the graph agrees with them."""
+    for values, declared in ((graph.graph.input, spec.inputs), (graph.graph.output, spec.outputs)):
+        for value, tensor in zip(values, declared):
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            for d in tensor.shape:
+                dim = dims.add()
+                if isinstance(d, str):
+                    dim.dim_param = d
+                else:
+                    dim.dim_value = d
 
 
 def _check_io(graph: onnx.ModelProto, spec) -> None:

@@ -1,0 +1,57 @@
+"""Shared fixtures: small model configs, checkpoints and exports; the `gpu` marker's skip rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference_model import WaveNet, WaveNetConfig, save_checkpoint
+
+# Small configs covering the options: kernel 2 and 3, unequal channels, conditioning, scaling.
+CONFIGS = {
+    "k2": WaveNetConfig(quantization_channels=32, residual_channels=6, gate_channels=10, skip_channels=7,
+                        kernel_size=2, layers=6, stacks=2),
+    "k3-odd": WaveNetConfig(quantization_channels=17, residual_channels=5, gate_channels=6, skip_channels=9,
+                            kernel_size=3, layers=5, stacks=1),
+    "conditioned": WaveNetConfig(quantization_channels=24, residual_channels=7, gate_channels=12, skip_channels=5,
+                                 kernel_size=3, layers=4, stacks=2, local_channels=3, hop_size=4,
+                                 upsample="linear", speakers=3, speaker_channels=2, scale_residual=True,
+                                 scale_skip=True),
+    "explicit-dilations": WaveNetConfig(quantization_channels=16, residual_channels=4, gate_channels=8,
+                                        skip_channels=4, kernel_size=2, layers=4, dilations=(1, 3, 9, 2),
+                                        bias=False, local_channels=2, hop_size=3, upsample="repeat"),
+}
+
+
+def random_model(cfg: WaveNetConfig, seed: int = 0, scale: float = 0.4) -> WaveNet:
+    """A model with weights large enough that every layer matters (default init is too quiet)."""
+    torch.manual_seed(seed)
+    model = WaveNet(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, scale)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config(request) -> WaveNetConfig:
+    return CONFIGS[request.param]
+
+
+@pytest.fixture
+def checkpoint_factory(tmp_path):
+    def make(cfg: WaveNetConfig, seed: int = 0, name: str = "model.safetensors"):
+        path = tmp_path / name
+        save_checkpoint(random_model(cfg, seed), path)
+        return path
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
