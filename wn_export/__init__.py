@@ -15,5 +15,5 @@ def demo_checkpoint() -> Path:
 
 
 def demo_audio() -> Path:
-    """Path of the bundled demo speech clip (16 kHz mono 16-bit WAV) the demo model was trained on."""
+    """Path of the bundled demo speech clip (16 kHz mono 16-bit WAV), held out from the demo model's training data."""
     return Path(str(resources.files("wn_export") / "assets" / "demo_speech.wav"))
