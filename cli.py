@@ -59,6 +59,33 @@ def init(config_path: Path, output: Path, seed: int):
                f"receptive field {model.receptive_field} samples)")
 
 
+@main.group("import", cls=_Group)
+def import_():
+    """Import checkpoints of other WaveNet implementations into our checkpoint format."""
+
+
+@import_.command("r9y9")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--hparams", "hparams_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Their preset / hparams JSON (stacks, legacy, input_type, log_scale_min, …).")
+@click.option("--stacks", type=int, default=None,
+              help="Dilation cycles, when no --hparams gives them (the checkpoint does not record them).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.safetensors).")
+def import_r9y9_command(checkpoint: Path, hparams_path: Path | None, stacks: int | None, output: Path):
+    """Import an r9y9 wavenet_vocoder checkpoint (state dict or training checkpoint)."""
+    from reference_model import save_checkpoint
+    from wn_export.importers import import_r9y9
+
+    model, notes = import_r9y9(checkpoint, hparams_path, stacks)
+    save_checkpoint(model, output)
+    for note in notes:
+        click.echo(f"assumed {note}", err=True)
+    click.echo(model.cfg.summary())
+    click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
+               f"receptive field {model.receptive_field} samples)")
+
+
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def info(checkpoint: Path | None):
@@ -119,6 +146,33 @@ def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Pa
         failed = [c.name + f" ({c.graph})" for c in report.checks if not c]
         raise click.ClickException(f"parity FAILED for {len(failed)} check(s): {', '.join(failed)}")
     click.echo(f"parity passed: {len(report.checks)} checks")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Build from the FP16 graphs (strongly typed; FP16 comes from the graph).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
+              show_default=True, help="auto: TensorRT if installed, else TensorRT-RTX.")
+@click.option("--batch", default=None, metavar="MIN,OPT,MAX",
+              help="Batch profile. Default: step 1,1,64; scoring 1,1,8.")
+@click.option("--time", "time_", default=None, metavar="MIN,OPT,MAX",
+              help="Scoring-graph time profile in samples. Default: 2,16000,32000.")
+@click.option("--workspace", default=4096, show_default=True, help="Workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Timing cache file to load and update (TensorRT; a no-op in TensorRT-RTX).")
+@click.option("--compute-capability", default=None, metavar="CC",
+              help="TensorRT-RTX target(s), e.g. 8.6 or 8.6,8.9 (ahead-of-time build, no GPU needed).")
+def trt(directory: Path, fp16: bool, backend: str, batch, time_, workspace: int, timing_cache, compute_capability):
+    """Build TensorRT engines for the graphs in DIRECTORY and record them in its manifest."""
+    from wn_export.engines import build_engines
+
+    data = build_engines(directory, fp16=fp16, backend=backend, batch=batch, time=time_,
+                         workspace_mib=workspace, timing_cache=timing_cache,
+                         compute_capability=compute_capability, progress=lambda m: click.echo(m, err=True))
+    for name, e in data["engines"].items():
+        if e["precision"] == ("fp16" if fp16 else "fp32"):
+            click.echo(f"{directory / e['file']}  {e['backend']} {e['version']}  {e['precision']}  "
+                       f"cc {','.join(e['compute_capability'] or ['portable'])}  {e['build_seconds']} s")
 
 
 @main.command()
