@@ -1,0 +1,215 @@
+// wn_generate: sample audio from an exported WaveNet (manifest + step graph) and write 16-bit PCM WAV.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+
+#include "cli.hpp"
+#include "wn/backend.hpp"
+#include "wn/host.hpp"
+
+namespace {
+
+const char* kUsage = R"(usage: wn_generate EXPORT_DIR -o OUT.wav [options]
+
+Generate audio sample by sample with the export's step graph, seeded exactly like the Python host
+(`wn-export generate`): the same seed gives the same samples. Writes μ-law decoded 16-bit PCM mono WAV,
+streamed to disk as it is generated.
+
+  -o, --output FILE       WAV to write; with --batch B > 1 one file per stream: OUT_0.wav … OUT_<B-1>.wav
+  -n, --samples N         samples per stream (default: one second at the model's sample rate)
+      --seconds S         duration instead of --samples
+  -b, --batch B           independent streams (default 1)
+  -s, --seed S            sampling seed, 0 … 2^64-1 (default 0)
+  -t, --temperature T     sampling temperature (default 1.0)
+      --greedy            argmax instead of sampling
+      --graph NAME        step graph of the manifest (default: step; e.g. step.fp16)
+      --backend NAME      onnxruntime (default) or tensorrt
+      --engine FILE       TensorRT engine (default: the manifest's engine for the graph)
+      --cuda-graph        TensorRT: replay every step as a captured CUDA graph
+      --device N          TensorRT: CUDA device (default 0)
+      --speaker ID[,ID…]  global conditioning: a speaker id, or one per stream
+      --cond FILE         local conditioning per sample: raw little-endian float32 (batch, C, >= N), row-major
+      --cond-frames FILE  local conditioning per frame: raw float32 (batch, C, frames), upsampled by the
+                          export's upsample graph (ONNX Runtime)
+      --tokens FILE       also write the tokens: raw int64 (batch, N), row-major
+      --threads N         ONNX Runtime intra-op threads (default: min(2, cores), as the Python host)
+      --chunk N           samples per stream per write (default 4000)
+      --no-verify         skip the sha256 check of the graph files
+  -q, --quiet             no progress on stderr
+  -h, --help
+)";
+
+std::string stream_path(const std::string& out, int64_t b, int64_t batch) {
+  if (batch == 1) return out;
+  auto dot = out.find_last_of('.');
+  auto slash = out.find_last_of('/');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return out + "_" + std::to_string(b);
+  return out.substr(0, dot) + "_" + std::to_string(b) + out.substr(dot);
+}
+
+// raw float32 file (batch, C, T) → data, T
+std::vector<float> read_features(const std::string& path, int64_t batch, int64_t channels, int64_t* time,
+                                 const char* option) {
+  std::vector<unsigned char> raw = wn::read_file(path);
+  const size_t row = static_cast<size_t>(batch * channels) * sizeof(float);
+  if (raw.empty() || raw.size() % row)
+    throw wn::Error(std::string(option) + " " + path + ": " + std::to_string(raw.size()) +
+                    " bytes is not a whole number of float32 (batch=" + std::to_string(batch) + ", channels=" +
+                    std::to_string(channels) + ", time) frames");
+  std::vector<float> data(raw.size() / sizeof(float));
+  std::memcpy(data.data(), raw.data(), raw.size());
+  *time = static_cast<int64_t>(raw.size() / row);
+  return data;
+}
+
+int run(int argc, char** argv) {
+  cli::Args args(argc, argv,
+                 {{"-o", "--output"}, {"--output", "--output"}, {"-n", "--samples"}, {"--samples", "--samples"},
+                  {"--seconds", "--seconds"}, {"-b", "--batch"}, {"--batch", "--batch"}, {"-s", "--seed"},
+                  {"--seed", "--seed"}, {"-t", "--temperature"}, {"--temperature", "--temperature"},
+                  {"--graph", "--graph"}, {"--backend", "--backend"}, {"--engine", "--engine"},
+                  {"--device", "--device"}, {"--speaker", "--speaker"}, {"--cond", "--cond"},
+                  {"--cond-frames", "--cond-frames"}, {"--tokens", "--tokens"}, {"--threads", "--threads"},
+                  {"--chunk", "--chunk"}, {"-q", "--quiet"}, {"-h", "--help"}},
+                 {"--greedy", "--cuda-graph", "--no-verify", "--quiet", "--help"});
+  if (args.has("--help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (args.positional.size() != 1) throw cli::Usage("give exactly one EXPORT_DIR");
+  if (!args.has("--output")) throw cli::Usage("-o/--output OUT.wav is required");
+  const bool quiet = args.has("--quiet");
+  const bool tty = !quiet && ::isatty(STDERR_FILENO);
+  const std::string out = args.get("--output");
+  const int64_t batch = args.integer("--batch", 1, 1);
+  uint64_t seed = 0;
+  if (args.has("--seed")) {
+    const std::string s = args.get("--seed");
+    char* end = nullptr;
+    errno = 0;
+    seed = std::strtoull(s.c_str(), &end, 10);
+    if (s.empty() || *end || errno || s[0] == '-') throw cli::Usage("--seed must be an integer in [0, 2^64) (got '" + s + "')");
+  }
+
+  const wn::Manifest manifest = wn::read_manifest(args.positional[0], !args.has("--no-verify"));
+  const wn::GraphInfo& graph = manifest.graph(args.get("--graph", "step"));
+  if (graph.kind != "step") throw wn::Error("graph '" + graph.name + "' is a " + graph.kind + " graph; pick a step graph with --graph");
+  const int64_t rate = manifest.model.sample_rate;
+  int64_t samples = rate;
+  if (args.has("--seconds")) samples = static_cast<int64_t>(args.number("--seconds", 1.0) * static_cast<double>(rate) + 0.5);
+  samples = args.integer("--samples", samples, 1);
+  if (samples < 1) throw cli::Usage("need at least one sample");
+
+  wn::GenerateOptions opt;
+  opt.samples = samples;
+  opt.batch = batch;
+  opt.seed = seed;
+  opt.greedy = args.has("--greedy");
+  opt.temperature = args.number("--temperature", 1.0);
+  opt.quantization_channels = manifest.model.quantization_channels;
+  opt.chunk = args.integer("--chunk", 4000, 1);
+  if (!opt.greedy && !(opt.temperature > 0))
+    throw wn::Error("temperature must be > 0 (got " + args.get("--temperature") + "); use --greedy instead");
+
+  // conditioning, checked against what the graph takes
+  const wn::TensorInfo* speaker = graph.input("speaker");
+  if (speaker && !args.has("--speaker"))
+    throw wn::Error("this model has " + std::to_string(manifest.model.speakers) +
+                    " speakers (global conditioning): pass --speaker ID (0.." +
+                    std::to_string(manifest.model.speakers - 1) + ")");
+  if (!speaker && args.has("--speaker")) throw wn::Error("--speaker: this model has no global conditioning");
+  if (speaker) opt.speakers = cli::speakers(args.get("--speaker"), batch, manifest.model.speakers);
+
+  const wn::TensorInfo* cond = graph.input("cond");
+  std::vector<float> features;
+  if (cond) {
+    const int64_t C = manifest.model.local_channels;
+    int64_t time = 0;
+    if (args.has("--cond")) {
+      features = read_features(args.get("--cond"), batch, C, &time, "--cond");
+    } else if (args.has("--cond-frames")) {
+      std::vector<float> frames = read_features(args.get("--cond-frames"), batch, C, &time, "--cond-frames");
+      wn::Tensor x = wn::Tensor::zeros(wn::DType::Float32, {batch, C, time});
+      std::memcpy(x.data.data(), frames.data(), x.data.size());
+      auto upsampler = wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))})
+                           ->open_graph(manifest.graph("upsample"));
+      wn::Tensors y = upsampler->run({{"cond", x}});
+      const wn::Tensor& s = y.at("cond_samples");
+      if (s.shape.size() != 3 || s.shape[0] != batch || s.shape[1] != C)
+        throw wn::Error("the upsample graph returned shape " + wn::shape_str(s.shape));
+      time = s.shape[2];
+      features.resize(static_cast<size_t>(s.count()));
+      std::memcpy(features.data(), s.data.data(), s.data.size());
+    } else {
+      throw wn::Error("conditioned models need --cond FILE (per-sample raw float32 (batch, " + std::to_string(C) +
+                      ", >= " + std::to_string(samples) + ")) or --cond-frames FILE");
+    }
+    if (time < samples)
+      throw wn::Error("the conditioning covers " + std::to_string(time) + " samples but " + std::to_string(samples) +
+                      " are to be generated");
+    opt.cond = features.data();
+    opt.cond_channels = C;
+    opt.cond_time = time;
+  } else if (args.has("--cond") || args.has("--cond-frames")) {
+    throw wn::Error("--cond: this model has no local conditioning");
+  }
+
+  // backend
+  const std::string backend_name = args.get("--backend", "onnxruntime");
+  std::unique_ptr<wn::Backend> backend;
+  if (backend_name == "onnxruntime" || backend_name == "ort") {
+    backend = wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))});
+  } else if (backend_name == "tensorrt" || backend_name == "trt") {
+    wn::TrtOptions t;
+    t.manifest = &manifest;
+    t.engine = args.get("--engine");
+    t.verify = !args.has("--no-verify");
+    t.device = static_cast<int>(args.integer("--device", 0, 0));
+    t.cuda_graph = args.has("--cuda-graph");
+    backend = wn::make_trt_backend(t);
+  } else {
+    throw cli::Usage("--backend must be onnxruntime or tensorrt (got '" + backend_name + "')");
+  }
+  std::unique_ptr<wn::StepRunner> runner = backend->open_step(graph);
+
+  // stream to one WAV per stream (+ tokens)
+  std::vector<std::unique_ptr<wn::WavWriter>> wavs;
+  for (int64_t b = 0; b < batch; ++b) wavs.push_back(std::make_unique<wn::WavWriter>(stream_path(out, b, batch), rate));
+  std::vector<int64_t> tokens;
+  if (args.has("--tokens")) tokens.resize(static_cast<size_t>(batch * samples));
+  std::vector<float> table(static_cast<size_t>(opt.quantization_channels));
+  for (int64_t q = 0; q < opt.quantization_channels; ++q) table[q] = wn::mulaw_decode(q, opt.quantization_channels);
+  std::vector<int16_t> pcm;
+  int64_t done = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  wn::generate(*runner, opt, [&](const int64_t* chunk, int64_t count) {
+    pcm.resize(static_cast<size_t>(count));
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t q = chunk[b * count + i];
+        pcm[i] = wn::to_pcm16(q >= 0 && q < opt.quantization_channels ? table[q] : wn::mulaw_decode(q, opt.quantization_channels));
+        if (!tokens.empty()) tokens[b * samples + done + i] = q;
+      }
+      wavs[b]->write(pcm.data(), pcm.size());
+    }
+    done += count;
+    if (tty) std::fprintf(stderr, "\rwn_generate: %lld/%lld samples", (long long)done, (long long)samples);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (auto& w : wavs) w->close();
+  if (!tokens.empty()) wn::write_file(args.get("--tokens"), tokens.data(), tokens.size() * sizeof(int64_t));
+  if (!quiet)
+    std::fprintf(stderr, "%swn_generate: wrote %s%s (%lld samples x %lld streams, %.2f s of audio at %lld Hz) "
+                         "with %s in %.2f s (%.0f samples/s per stream)\n",
+                 tty ? "\r" : "", out.c_str(), batch > 1 ? " (one file per stream)" : "", (long long)samples, (long long)batch,
+                 static_cast<double>(samples) / static_cast<double>(rate), (long long)rate, backend->name().c_str(),
+                 seconds, static_cast<double>(samples) / std::max(seconds, 1e-9));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return cli::guarded("wn_generate", kUsage, [&] { return run(argc, argv); });
+}
