@@ -1,5 +1,6 @@
 """The main job on a model (default: the bundled demo): summary → ONNX export (FP32 + FP16) →
-parity against the float64 reference → generated WAV from the ONNX Runtime host."""
+parity against the float64 reference → FP16 TensorRT engines (TensorRT or TensorRT-RTX, when
+installed) → generated WAV from the ONNX Runtime host."""
 
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
     (out_dir / "parity.json").write_text(report.to_json(), encoding="utf-8")
     if not report:
         raise ParityError(f"parity FAILED: see the table above and {out_dir / 'parity.json'}")
+    echo("\n== TensorRT FP16 engines (strongly typed, from the FP16 graphs)")
+    from .engines import build_engines
+    from .errors import BackendError
+
+    try:
+        data = build_engines(export_dir, fp16=True, progress=None)
+        for name, e in data["engines"].items():
+            echo(f"{e['file']:<22} {e['backend']} {e['version']}  {e['precision']}  {e['build_seconds']} s")
+    except BackendError as e:  # no TensorRT flavour installed: the rest of the demo still runs
+        echo(f"skipped: {e}")
     wav = out_dir / "demo.wav"
     echo(f"\n== generate {samples} samples ({samples / cfg.sample_rate:.2f} s) with the ONNX Runtime host, seed {seed}")
     import time
