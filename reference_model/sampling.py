@@ -8,6 +8,15 @@ backends fed the same seed see the same u and differ only where their logits dif
 `uniforms` is SplitMix64, chosen because every host language reproduces it in a few lines:
 draw k = 1, 2, … (step-major, then stream) is z = seed + k·0x9E3779B97F4A7C15 (mod 2⁶⁴),
 z = (z ⊕ z≫30)·0xBF58476D1CE4E5B9, z = (z ⊕ z≫27)·0x94D049BB133111EB, z = z ⊕ z≫31, u = (z≫11)·2⁻⁵³.
+
+Mixture-of-logistics outputs (3M raw parameters: M logit weights, M means, M log scales) consume TWO
+uniforms per sample and stream: `mol_uniforms(seed, steps, batch)[t, b] = (u₁, u₂)` are draws
+k = 2(t·batch + b) + 1 and k + 1 of the same SplitMix64 sequence (= `uniforms(seed, steps, 2·batch)`
+reshaped). In float64: the component is the inverse-CDF draw above over the M logit weights with u₁
+(temperature applies to these logits only); with its mean μ and log scale ls,
+v = 10⁻⁵ + u₂·(1 − 2·10⁻⁵) (r9y9's uniform range), s = exp(max(ls, log_scale_min)),
+x = μ + s·(ln v − ln(1 − v)), clipped to [−1, 1], then rounded to float32 (the value fed back as the
+next input and returned). Greedy: the mean of the heaviest component, clipped to [−1, 1].
 """
 
 from __future__ import annotations
@@ -45,6 +54,33 @@ def inverse_cdf(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0) -> 
     target = np.asarray(u, dtype=np.float64)[:, None] * c[:, -1:]
     idx = (c <= target).sum(axis=-1)  # first index with c_i > u·total
     return np.minimum(idx, logits.shape[-1] - 1).astype(np.int64)
+
+
+def mol_uniforms(seed: int, steps: int, batch: int) -> np.ndarray:
+    """(steps, batch, 2) float64 uniforms for mixture-of-logistics sampling (see the module doc)."""
+    return uniforms(seed, steps, 2 * batch).reshape(steps, batch, 2)
+
+
+def mol_draw(params: np.ndarray, method: str, u: np.ndarray | None = None, log_scale_min: float = -7.0,
+             temperature: float = 1.0) -> np.ndarray:
+    """params (B, 3M), u (B, 2) → float32 samples (B,) in [−1, 1] (see the module doc)."""
+    p = np.asarray(params, dtype=np.float64)
+    m = p.shape[-1] // 3
+    if p.shape[-1] != 3 * m or m < 1:
+        raise InputError(f"mixture-of-logistics parameters must have 3·M columns (got {p.shape[-1]})")
+    weights, means, log_scales = p[:, :m], p[:, m:2 * m], np.maximum(p[:, 2 * m:3 * m], log_scale_min)
+    rows = np.arange(p.shape[0])
+    if method == "greedy":
+        return np.clip(means[rows, weights.argmax(axis=-1)], -1.0, 1.0).astype(np.float32)
+    if method != "sample":
+        raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
+    if u is None:
+        raise InputError("sampling needs uniforms")
+    u = np.asarray(u, dtype=np.float64)
+    k = inverse_cdf(weights, u[:, 0], temperature)
+    v = 1e-5 + u[:, 1] * (1.0 - 2e-5)
+    x = means[rows, k] + np.exp(log_scales[rows, k]) * (np.log(v) - np.log1p(-v))
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:

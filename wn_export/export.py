@@ -43,6 +43,9 @@ def export_graph(model: WaveNet, kind: str, precision, path: Path, opset: int = 
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes())
     graph = onnx.load_from_string(buf.getvalue())
+    _alias_duplicate_initializers(graph)
+    if hasattr(wrapper, "lower_onnx"):  # step graphs: verified 2-D Gemm lowering (wn_export.step_lowering)
+        graph = wrapper.lower_onnx(graph)
     graph.producer_name, graph.doc_string = "wn-export", f"wn-export {spec.name} graph"
     _check_io(graph, spec)
     _stamp_shapes(graph, spec)
@@ -50,6 +53,24 @@ def export_graph(model: WaveNet, kind: str, precision, path: Path, opset: int = 
     stats = check_graph(graph, dims, path.name)
     onnx.save(graph, str(path))
     return {"spec": spec, "stats": stats}
+
+
+def _alias_duplicate_initializers(graph: onnx.ModelProto) -> None:
+    """torch.onnx deduplicates equal weights (e.g. the all-zero biases of a freshly initialised imported
+    model) into `Identity` nodes reading one initializer; let their consumers read it directly."""
+    inits = {i.name for i in graph.graph.initializer}
+    outputs = {o.name for o in graph.graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return
+    keep = [n for n in graph.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del graph.graph.node[:]
+    graph.graph.node.extend(keep)
 
 
 def _stamp_shapes(graph: onnx.ModelProto, spec) -> None:

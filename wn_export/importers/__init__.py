@@ -1,0 +1,12 @@
+"""Importers: checkpoints of other WaveNet implementations → our reference model (`wn-export import`).
+
+Each importer reads the other implementation's checkpoint, folds what our model does not store
+(weight normalisation, biases that add to the same pre-activation), maps the tensors onto
+`reference_model.WaveNet` and returns the model; anything it cannot map raises `ImportError_` naming
+the setting.
+"""
+
+from .common import ImportError_, fold_weight_norm, load_torch_state_dict
+from .r9y9 import R9Y9_DEFAULTS, import_r9y9
+
+__all__ = ["ImportError_", "fold_weight_norm", "load_torch_state_dict", "import_r9y9", "R9Y9_DEFAULTS"]

@@ -1,0 +1,316 @@
+"""r9y9 wavenet_vocoder (0.1.x) checkpoints → the reference WaveNet (`wn-export import r9y9`).
+
+Their model (wavenet_vocoder/wavenet.py) and where it lands in ours:
+
+| theirs | ours |
+|---|---|
+| `first_conv` 1×1 over one-hot Q (+ bias) | `embed` rows = weight columns + bias |
+| `first_conv` 1×1 over a scalar (+ bias) | `input_conv` (input_kind scalar, input_bias) |
+| `conv_layers.i.conv` dilated conv, kernel K, gate G | `layers.i.conv` (biases of conv1x1c and conv1x1g folded into its bias) |
+| `conv_layers.i.conv1x1c` local-conditioning 1×1 | `layers.i.cond` |
+| `conv_layers.i.conv1x1g` global-conditioning 1×1 | `layers.i.speaker` |
+| `conv_layers.i.conv1x1_out`, `conv1x1_skip` | `layers.i.out`, `layers.i.skip` |
+| (x + residual)·√0.5 | scale_residual |
+| `legacy`: skips = (skips + h)·√0.5 | legacy_skip_scale |
+| `last_conv_layers` ReLU–1×1–ReLU–1×1 | `head` |
+| `embed_speakers` | `speaker_embed` |
+| `upsample_conv` ConvTranspose2d(1, 1, (freq_k, s), stride (1, s)) + ReLU per scale | upsample conv_transpose |
+| out_channels = Q (mulaw-quantize) | categorical output |
+| out_channels = 3·mixtures (raw / mulaw, scalar input) | output_kind mol |
+
+Weight normalisation (`weight_g` / `weight_v`) is folded. Settings the checkpoint does not record
+(stacks, legacy, log_scale_min, quantize_channels of a scalar model, sample_rate, hop_size without an
+upsampling network, input_type raw vs mulaw) come from `--hparams` (their preset JSON) or
+`R9Y9_DEFAULTS`; every assumption is reported back as a note.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference_model import WaveNet, WaveNetConfig
+from reference_model.errors import ConfigError
+
+from .common import ImportError_, fold_weight_norm, load_torch_state_dict
+
+# Their defaults where the checkpoint is silent (WaveNet(legacy=True), hparams.py of 0.1.x).
+R9Y9_DEFAULTS = {"legacy": True, "log_scale_min": float(math.log(1e-14)), "quantize_channels_scalar": 65536,
+                 "sample_rate": 22050}
+
+_LAYER = re.compile(r"^conv_layers\.(\d+)\.(conv|conv1x1c|conv1x1g|conv1x1_out|conv1x1_skip)\.(weight|bias)$")
+_UPSAMPLE = re.compile(r"^upsample_conv\.(\d+)\.(weight|bias)$")
+_FIXED = {"first_conv.weight", "first_conv.bias", "last_conv_layers.1.weight", "last_conv_layers.1.bias",
+          "last_conv_layers.3.weight", "last_conv_layers.3.bias", "embed_speakers.weight"}
+
+
+def read_hparams(path) -> dict[str, Any]:
+    """Their preset / hparams as JSON (the `presets/*.json` format: a flat object)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ImportError_(f"cannot read hparams {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ImportError_(f"hparams {path} is not JSON (expected a wavenet_vocoder preset .json): {e}") from None
+    if not isinstance(data, dict):
+        raise ImportError_(f"hparams {path} must be a JSON object of hparam names and values")
+    return data
+
+
+def _unsupported_keys(keys: list[str]) -> str:
+    if any(k.startswith("upsample_net.") for k in keys):
+        return ("the upsampling network `upsample_net` (wavenet_vocoder >= 0.2: UpsampleNetwork / "
+                "ConvInUpsampleNetwork, Stretch2d + Conv2d) is not supported; only 0.1's transposed-"
+                "convolution network `upsample_conv` (upsample_conditional_features) maps")
+    return f"unexpected tensors (not a wavenet_vocoder 0.1 WaveNet?): {', '.join(sorted(keys)[:8])}"
+
+
+def import_r9y9(checkpoint, hparams: dict | str | Path | None = None,
+                stacks: int | None = None) -> tuple[WaveNet, list[str]]:
+    """Read a wavenet_vocoder checkpoint → (float32 eval `WaveNet`, notes on every assumed setting)."""
+    state = fold_weight_norm(load_torch_state_dict(checkpoint))
+    hp = dict(read_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or {}))
+    notes: list[str] = []
+
+    def setting(name: str, default, why: str):
+        if name in hp and hp[name] is not None:
+            return hp[name]
+        notes.append(f"{name} = {default!r} ({why})")
+        return default
+
+    def check(name: str, actual) -> None:
+        if name in hp and hp[name] is not None and hp[name] != actual:
+            raise ImportError_(f"hparams {name}={hp[name]!r}, but the checkpoint has {actual!r}")
+
+    # ---- settings we cannot express -------------------------------------------------------------
+    if hp.get("builder", "wavenet") != "wavenet":
+        raise ImportError_(f"hparams builder={hp['builder']!r}: only the 'wavenet' builder maps")
+    if str(hp.get("output_distribution", "Logistic")).lower() not in ("logistic", "mol"):
+        raise ImportError_(f"hparams output_distribution={hp['output_distribution']!r} is not supported "
+                           "(only the mixture of logistics and the categorical μ-law output map)")
+    if hp.get("cin_pad", 0):
+        raise ImportError_(f"hparams cin_pad={hp['cin_pad']!r} is not supported (only cin_pad 0 maps)")
+    if hp.get("use_speaker_embedding", True) is False and (hp.get("gin_channels") or -1) > 0:
+        raise ImportError_("hparams use_speaker_embedding=False is not supported: our graphs take speaker ids "
+                           "and look up the embedding themselves")
+    unknown = [k for k in state if k not in _FIXED and not _LAYER.match(k) and not _UPSAMPLE.match(k)]
+    if unknown:
+        raise ImportError_(_unsupported_keys(unknown))
+
+    # ---- architecture from the tensors ---------------------------------------------------------
+    def need(key: str) -> torch.Tensor:
+        if key not in state:
+            raise ImportError_(f"the checkpoint lacks {key} (not a wavenet_vocoder WaveNet?)")
+        return state[key]
+
+    first = need("first_conv.weight")
+    if first.dim() != 3 or first.shape[2] != 1:
+        raise ImportError_(f"first_conv.weight has shape {tuple(first.shape)}; expected a 1×1 conv (R, C, 1)")
+    R, c_in = first.shape[0], first.shape[1]
+    out_w = need("last_conv_layers.3.weight")
+    out_channels, S = out_w.shape[0], out_w.shape[1]
+    indices = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
+    if not indices or indices != list(range(len(indices))):
+        raise ImportError_(f"conv_layers are not numbered 0…L−1 (found {indices[:10]})")
+    L = len(indices)
+    conv = need("conv_layers.0.conv.weight")
+    G, K = conv.shape[0], conv.shape[2]
+    if conv.shape[1] != R:
+        raise ImportError_(f"conv_layers.0.conv reads {conv.shape[1]} channels but first_conv writes {R}")
+    cin = state["conv_layers.0.conv1x1c.weight"].shape[1] if "conv_layers.0.conv1x1c.weight" in state else 0
+    gin = state["conv_layers.0.conv1x1g.weight"].shape[1] if "conv_layers.0.conv1x1g.weight" in state else 0
+    for i in range(L):
+        for name, present in (("conv", True), ("conv1x1_out", True), ("conv1x1_skip", True),
+                              ("conv1x1c", cin > 0), ("conv1x1g", gin > 0)):
+            if (f"conv_layers.{i}.{name}.weight" in state) != present:
+                raise ImportError_(f"conv_layers.{i}.{name} is {'missing' if present else 'unexpected'}: "
+                                   "every layer must have the same parts")
+    n_speakers = 0
+    if gin:
+        if "embed_speakers.weight" not in state:
+            raise ImportError_("the layers have global conditioning (conv1x1g) but there is no embed_speakers: "
+                               "use_speaker_embedding=False (external global features) is not supported; our "
+                               "graphs take speaker ids")
+        n_speakers = state["embed_speakers.weight"].shape[0]
+    elif "embed_speakers.weight" in state:
+        raise ImportError_("embed_speakers is present but no layer has conv1x1g (gin_channels)")
+
+    def has_bias(name: str) -> bool:
+        flags = {f"conv_layers.{i}.{name}.bias" in state for i in range(L)}
+        if len(flags) != 1:
+            raise ImportError_(f"some conv_layers.*.{name} have a bias and some do not")
+        return flags.pop()
+
+    dilated_bias = has_bias("conv") or (cin > 0 and has_bias("conv1x1c")) or (gin > 0 and has_bias("conv1x1g"))
+    residual_bias, skip_bias = has_bias("conv1x1_out"), has_bias("conv1x1_skip")
+    head_bias = {"last_conv_layers.1.bias" in state, "last_conv_layers.3.bias" in state}
+    if len(head_bias) != 1:
+        raise ImportError_("only one of last_conv_layers.1 / .3 has a bias")
+    head_bias = head_bias.pop()
+
+    # upsampling network: upsample_conv.{0,2,4…} = ConvTranspose2d (a ReLU module sits between them)
+    stages = sorted({int(m.group(1)) for k in state if (m := _UPSAMPLE.match(k))})
+    scales, freq_k = [], 3
+    if stages:
+        if stages != list(range(0, 2 * len(stages), 2)):
+            raise ImportError_(f"upsample_conv modules {stages} are not ConvTranspose2d/ReLU pairs")
+        for j in stages:
+            w = need(f"upsample_conv.{j}.weight")
+            if w.dim() != 4 or w.shape[:2] != (1, 1):
+                raise ImportError_(f"upsample_conv.{j}.weight has shape {tuple(w.shape)}; expected (1, 1, freq_k, s)")
+            if f"upsample_conv.{j}.bias" not in state:
+                raise ImportError_(f"upsample_conv.{j} has no bias")
+            scales.append(int(w.shape[3]))
+            freq_k = int(w.shape[2])
+            if freq_k % 2 == 0:
+                raise ImportError_(f"freq_axis_kernel_size={freq_k} is even: wavenet_vocoder's upsampling then "
+                                   "changes the number of feature channels; only odd sizes map")
+        if not cin:
+            raise ImportError_("upsample_conv is present but no layer has local conditioning (conv1x1c)")
+        if len({int(state[f'upsample_conv.{j}.weight'].shape[2]) for j in stages}) != 1:
+            raise ImportError_("the upsample_conv stages have different freq-axis kernel sizes")
+
+    # ---- settings from hparams / defaults, checked against the tensors ---------------------------
+    scalar = c_in == 1
+    input_type = hp.get("input_type")
+    if input_type is not None:
+        if input_type not in ("mulaw-quantize", "mulaw", "raw"):
+            raise ImportError_(f"hparams input_type={input_type!r} is not one of mulaw-quantize, mulaw, raw")
+        if (input_type != "mulaw-quantize") != scalar:
+            raise ImportError_(f"hparams input_type={input_type!r}, but first_conv reads {c_in} channel(s) "
+                               f"({'a scalar' if scalar else 'one-hot classes'})")
+    elif scalar:
+        notes.append("input_type = 'raw' (scalar input, not μ-law companded; pass --hparams for 'mulaw')")
+    check("layers", L)
+    check("residual_channels", R)
+    check("gate_channels", G)
+    check("skip_out_channels", S)
+    check("kernel_size", K)
+    check("out_channels", out_channels)
+    for name, actual in (("cin_channels", cin), ("gin_channels", gin)):  # theirs: −1 (or ≤ 0) = off
+        if hp.get(name) is not None and max(int(hp[name]), 0) != actual:
+            raise ImportError_(f"hparams {name}={hp[name]!r}, but the checkpoint has {actual or 'none'}")
+    if gin:
+        check("n_speakers", n_speakers)
+    if "upsample_conditional_features" in hp and cin:
+        if bool(hp["upsample_conditional_features"]) != bool(stages):
+            raise ImportError_(f"hparams upsample_conditional_features={hp['upsample_conditional_features']!r}, "
+                               f"but the checkpoint {'has' if stages else 'has no'} upsample_conv network")
+    if stages:
+        if hp.get("upsample_scales") is not None and [int(s) for s in hp["upsample_scales"]] != scales:
+            raise ImportError_(f"hparams upsample_scales={hp['upsample_scales']!r}, but the checkpoint's "
+                               f"upsample_conv kernels give {scales}")
+        check("freq_axis_kernel_size", freq_k)
+        hop = math.prod(scales)
+        if hp.get("hop_size") is not None and int(hp["hop_size"]) != hop:
+            raise ImportError_(f"hparams hop_size={hp['hop_size']!r}, but upsample_scales {scales} multiply to {hop}")
+    elif cin:  # their training repeats frame features hop_size times before the model
+        hop = int(setting("hop_size", 1, "no upsampling network: conditioning features are taken per sample"))
+    else:
+        hop = 1
+
+    if stacks is None:
+        if hp.get("stacks") is None:
+            raise ImportError_("the checkpoint does not record stacks (the dilation cycles: dilation of layer i "
+                               "is 2^(i mod layers/stacks)); pass --hparams PRESET.json or --stacks N")
+        stacks = hp["stacks"]
+    else:
+        check("stacks", stacks)
+    stacks = int(stacks)
+    if stacks < 1 or L % stacks:
+        raise ImportError_(f"stacks={stacks} does not divide layers={L}")
+
+    if scalar:
+        if out_channels % 3:
+            raise ImportError_(f"out_channels={out_channels} is not 3 × mixtures: a scalar-input model must have a "
+                               "mixture-of-logistics output (a single Gaussian output_distribution is not supported)")
+        Q = int(setting("quantize_channels", R9Y9_DEFAULTS["quantize_channels_scalar"],
+                        "bins of the discretised mixture likelihood"))
+        log_scale_min = float(setting("log_scale_min", R9Y9_DEFAULTS["log_scale_min"], "their hparams default"))
+    else:
+        if out_channels != c_in:
+            raise ImportError_(f"out_channels={out_channels} differs from the {c_in} one-hot input classes "
+                               "(quantize_channels): a mulaw-quantize model predicts its own input classes")
+        check("quantize_channels", c_in)
+        Q, log_scale_min = c_in, -7.0
+    legacy = setting("legacy", R9Y9_DEFAULTS["legacy"], "wavenet_vocoder's WaveNet default")
+    if not isinstance(legacy, bool):
+        raise ImportError_(f"hparams legacy={legacy!r} must be true or false")
+    sample_rate = int(setting("sample_rate", R9Y9_DEFAULTS["sample_rate"], "their hparams default"))
+
+    try:
+        cfg = WaveNetConfig(
+            quantization_channels=Q, residual_channels=R, gate_channels=G, skip_channels=S, kernel_size=K,
+            layers=L, stacks=stacks, bias=head_bias, local_channels=cin, hop_size=hop,
+            # per-conv biases only where they differ from the head's (None: follow `bias`)
+            dilated_bias=None if dilated_bias == head_bias else dilated_bias,
+            residual_bias=None if residual_bias == head_bias else residual_bias,
+            skip_bias=None if skip_bias == head_bias else skip_bias,
+            upsample="conv_transpose" if stages else "repeat", upsample_scales=tuple(scales) if stages else None,
+            upsample_freq_kernel=freq_k, speakers=n_speakers, speaker_channels=gin, scale_residual=True,
+            legacy_skip_scale=legacy, sample_rate=sample_rate,
+            input_kind="scalar" if scalar else "onehot", input_bias=scalar and "first_conv.bias" in state,
+            output_kind="mol" if scalar else "categorical", mixtures=out_channels // 3 if scalar else 0,
+            log_scale_min=log_scale_min, scalar_mulaw=input_type == "mulaw")
+    except ConfigError as e:
+        raise ImportError_(f"the checkpoint maps to an invalid config: {e}") from None
+
+    # ---- tensors ---------------------------------------------------------------------------------
+    def f64(key: str) -> torch.Tensor:
+        return state[key].double()
+
+    def bias_sum(*keys: str) -> torch.Tensor | None:
+        present = [f64(k) for k in keys if k in state]
+        return sum(present) if present else None
+
+    mapped: dict[str, torch.Tensor] = {}
+    if scalar:
+        mapped["input_conv.weight"] = f64("first_conv.weight")
+        if cfg.input_bias:
+            mapped["input_conv.bias"] = f64("first_conv.bias")
+    else:  # one-hot → 1×1 with bias ≡ embedding rows W[:, q] + b
+        rows = f64("first_conv.weight")[:, :, 0].t()
+        mapped["embed.weight"] = rows + f64("first_conv.bias") if "first_conv.bias" in state else rows
+    for i in range(L):
+        p, q = f"conv_layers.{i}.", f"layers.{i}."
+        mapped[q + "conv.weight"] = f64(p + "conv.weight")
+        b = bias_sum(p + "conv.bias", p + "conv1x1c.bias", p + "conv1x1g.bias")  # all add before the gate
+        if b is not None:
+            mapped[q + "conv.bias"] = b
+        if cin:
+            mapped[q + "cond.weight"] = f64(p + "conv1x1c.weight")
+        if gin:
+            mapped[q + "speaker.weight"] = f64(p + "conv1x1g.weight")[:, :, 0]
+        for theirs, ours in (("conv1x1_out", "out"), ("conv1x1_skip", "skip")):
+            mapped[q + ours + ".weight"] = f64(p + theirs + ".weight")
+            if p + theirs + ".bias" in state:
+                mapped[q + ours + ".bias"] = f64(p + theirs + ".bias")
+    for j in (1, 3):
+        mapped[f"head.{j}.weight"] = f64(f"last_conv_layers.{j}.weight")
+        if head_bias:
+            mapped[f"head.{j}.bias"] = f64(f"last_conv_layers.{j}.bias")
+    if gin:
+        mapped["speaker_embed.weight"] = f64("embed_speakers.weight")
+    for n, j in enumerate(stages):
+        mapped[f"upsample_convs.{n}.weight"] = f64(f"upsample_conv.{j}.weight")
+        mapped[f"upsample_convs.{n}.bias"] = f64(f"upsample_conv.{j}.bias")
+
+    model = WaveNet(cfg)
+    expected = model.state_dict()
+    problems = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(expected[k].shape)}"
+                for k in mapped if k in expected and mapped[k].shape != expected[k].shape]
+    missing, extra = sorted(set(expected) - set(mapped)), sorted(set(mapped) - set(expected))
+    if problems or missing or extra:
+        raise ImportError_("the checkpoint's tensors do not fit the inferred architecture: "
+                           + "; ".join(problems[:4] + [f"missing {', '.join(missing[:4])}"] * bool(missing)
+                                       + [f"unexpected {', '.join(extra[:4])}"] * bool(extra)))
+    if not all(torch.isfinite(v).all() for v in mapped.values()):
+        raise ImportError_("the checkpoint contains NaN or Inf weights")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()})
+    return model.eval(), notes
