@@ -197,5 +197,83 @@ def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
     run_demo(checkpoint, out_dir, samples, seed, echo=click.echo)
 
 
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-n", "--samples", required=True, type=int, help="Samples to generate per stream.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="WAV file to write (μ-law decoded, 16-bit); batch > 1 writes OUT-STEM.I.wav per stream.")
+@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime | torch | tensorrt.")
+@click.option("--batch", default=1, show_default=True, help="Streams generated together.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampling uniforms (SplitMix64).")
+@click.option("--method", default="sample", show_default=True, help="sample | greedy.")
+@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature (> 0).")
+@click.option("--precision", default="fp32", show_default=True, help="Step graph: fp32 | fp16.")
+@click.option("--cond", "cond_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local conditioning: .npy of frame-rate features (C, frames) or (batch, C, frames).")
+@click.option("--speaker", default=None, help="Global conditioning: a speaker id, or one per stream (1,4,…).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default 1).")
+@click.option("--chunk", default=4000, show_default=True, help="Samples per streamed chunk.")
+@click.option("--plot", is_flag=True, help="Also write OUT.png: waveform and spectrogram.")
+def generate(directory: Path, samples: int, output: Path, backend: str, batch: int, seed: int, method: str,
+             temperature: float, precision: str, cond_path: Path | None, speaker: str | None,
+             threads: int | None, chunk: int, plot: bool):
+    """Generate audio from the export in DIRECTORY and write it as WAV."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from wn_export.host import generate_to_wav, load_features, parse_speakers
+
+    options = dict(seed=seed, method=method, temperature=temperature, chunk=chunk,
+                   features=load_features(cond_path), speaker=parse_speakers(speaker))
+    start = time.perf_counter()
+    with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} samples"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("generate", total=samples)
+        paths = generate_to_wav(directory, output, samples, backend=backend, batch=batch, precision=precision,
+                                threads=threads, plot=plot, progress=lambda done, _n: bar.update(task, completed=done),
+                                **options)
+    seconds = time.perf_counter() - start
+    for path in paths:
+        click.echo(str(path))
+    click.echo(f"{samples:,} samples × {batch} stream(s) in {seconds:.1f} s "
+               f"({samples * batch / seconds:,.0f} samples/s, {backend})", err=True)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--batch", "batches", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--seconds", default=1.0, show_default=True, help="Seconds per backend, batch size and round.")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds (median and spread reported).")
+@click.option("--threads", type=int, default=None,
+              help="ONNX Runtime step-graph intra-op threads (default 1; see README).")
+@click.option("--layouts", default="ring", show_default=True,
+              help="Without DIRECTORY: step-graph state layouts to export and compare (ring,full).")
+@click.option("--no-scoring", is_flag=True, help="Skip the scoring-graph throughput.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results as JSON.")
+def bench(directory: Path | None, batches: str, seconds: float, rounds: int, threads: int | None, layouts: str,
+          no_scoring: bool, json_path: Path | None):
+    """Step-loop and scoring speed of DIRECTORY (default: the 30-layer target) vs the eager baselines."""
+    from rich.console import Console
+
+    from reference_model.checkpoint import atomic_write_bytes
+    from wn_export.bench import parse_batches, parse_layouts, run_bench
+
+    err = Console(stderr=True)
+    with err.status("bench") as status:
+        report = run_bench(directory, batches=parse_batches(batches), seconds=seconds, rounds=rounds,
+                           threads=threads, layouts=parse_layouts(layouts, directory), scoring=not no_scoring,
+                           progress=status.update)
+    out = Console(width=160)
+    out.print(report.summary())
+    for table in report.tables():
+        out.print(table)
+    if json_path:
+        text = report.to_json()
+        atomic_write_bytes(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 if __name__ == "__main__":
     sys.exit(main())

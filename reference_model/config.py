@@ -300,10 +300,10 @@ class WaveNetConfig:
             f"{', '.join(map(str, d[:12]))}{' …' if len(d) > 12 else ''})",
             f"receptive field      {self.receptive_field} samples "
             f"({1000 * self.receptive_field / self.sample_rate:.1f} ms at {self.sample_rate} Hz)",
-            f"local conditioning   "
+            "local conditioning   "
             + (f"{self.local_channels} channels, hop {self.hop_size}, {self.upsample} upsampling"
                if self.local else "off"),
-            f"global conditioning  "
+            "global conditioning  "
             + (f"{self.speakers} speakers, embedding {self.speaker_channels}" if self.global_ else "off"),
             f"scaling              residual √0.5 {'on' if self.scale_residual else 'off'}, "
             f"skip √(1/L) {'on' if self.scale_skip else 'off'}",

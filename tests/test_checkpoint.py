@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -57,6 +58,9 @@ def test_checkpoint_round_trip(tmp_path, config):
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temp file
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def _save_raw(path, tensors, config_json, fmt="wn-export/checkpoint/1"):

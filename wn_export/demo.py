@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+import time
 
 from reference_model import load_checkpoint
 
 from . import demo_checkpoint
-from .audio import write_tokens_wav
 from .errors import ParityError
 
 
@@ -21,16 +20,15 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
     from rich.console import Console
 
     from .export import export_directory
-    from .generate import generate_chunks
-    from .manifest import read_manifest
+    from .host import generate_to_wav
     from .parity import run_parity
-    from .runners.ort import OrtStepRunner
 
     checkpoint = Path(checkpoint or demo_checkpoint())
     model = load_checkpoint(checkpoint)
     cfg = model.cfg
     if cfg.local or cfg.global_:
-        raise ParityError("the demo generates unconditioned audio; use `wn-export generate` for conditioned models")
+        raise ParityError("the demo generates unconditioned audio; for conditioned models run `wn-export onnx`, "
+                          "`wn-export parity` and `wn-export generate --cond/--speaker`")
     echo(f"== model: {checkpoint}\n{cfg.summary()}\nparameters           {model.parameter_count():,}")
     export_dir = out_dir / "export"
     echo(f"\n== export: {export_dir}")
@@ -57,13 +55,8 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
         echo(f"skipped: {e}")
     wav = out_dir / "demo.wav"
     echo(f"\n== generate {samples} samples ({samples / cfg.sample_rate:.2f} s) with the ONNX Runtime host, seed {seed}")
-    import time
-
     start = time.perf_counter()
-    with OrtStepRunner(read_manifest(export_dir)) as runner:
-        tokens = np.concatenate(list(generate_chunks(runner, samples, 1, seed=seed,
-                                                     quantization_channels=cfg.quantization_channels)), axis=1)
-    seconds = time.perf_counter() - start
-    write_tokens_wav(wav, tokens[0], cfg.quantization_channels, cfg.sample_rate)
-    echo(f"wrote {wav} ({samples / seconds:,.0f} samples/s)")
+    written = generate_to_wav(export_dir, wav, samples, backend="onnxruntime", plot=True, seed=seed)
+    echo(f"wrote {', '.join(map(str, written))} ({samples / (time.perf_counter() - start):,.0f} samples/s "
+         "including start-up and plotting)")
     return {"export": export_dir, "wav": wav, "parity": report}

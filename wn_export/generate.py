@@ -3,6 +3,11 @@
 Streams start from the zero state with the μ-law "silence" token (Q // 2) as the first input.
 Seeded sampling draws uniforms with `reference_model.uniforms(seed, n, batch)`, so two backends
 given the same seed see the same random numbers (see `reference_model.sampling`).
+
+Variants (pass the model's `cfg`): a scalar-input model starts from the sample 0.0 and is fed the
+decoded sample of each drawn class (`mulaw_decode`, or 2q/μ − 1 for μ-law companded samples); a
+mixture-of-logistics model draws float32 samples with `mol_draw` (two uniforms per sample, from
+`mol_uniforms`), feeds them back, and the chunks are float32 samples instead of int64 tokens.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from reference_model.sampling import draw, uniforms
+from reference_model.mulaw import mulaw_decode
+from reference_model.sampling import draw, mol_draw, mol_uniforms, uniforms
 
 from .errors import InputError
 from .runners.base import StepRunner
@@ -20,15 +26,27 @@ from .runners.base import StepRunner
 def generate_chunks(runner: StepRunner, n: int, batch: int = 1, *, seed: int = 0, method: str = "sample",
                     temperature: float = 1.0, quantization_channels: int = 256,
                     cond: np.ndarray | None = None, speaker: np.ndarray | None = None,
-                    chunk: int = 4000, progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+                    chunk: int = 4000, progress: Callable[[int], None] | None = None,
+                    cfg=None) -> Iterator[np.ndarray]:
     """Yield int64 token chunks (batch, ≤ chunk) until n samples per stream are generated.
 
     cond: per-sample conditioning (batch, C, ≥ n) when the model has local conditioning.
+    cfg: the model's `WaveNetConfig`; needed for scalar-input and mixture-of-logistics models (then it
+    also sets quantization_channels).
     """
     if n < 1 or batch < 1:
         raise InputError(f"need at least one sample and one stream (got n={n}, batch={batch})")
     if cond is not None and (cond.ndim != 3 or cond.shape[0] != batch or cond.shape[2] < n):
         raise InputError(f"conditioning must be (batch={batch}, channels, ≥ {n} samples), got {cond.shape}")
+    if cfg is None:  # the reference runner knows its model; a manifest host must be told
+        cfg = getattr(getattr(runner, "model", None), "cfg", None)
+        graph = getattr(runner, "graph", None)
+        if cfg is None and graph is not None and hasattr(graph, "input") and graph.input("sample") is not None:
+            raise InputError("this is a scalar-input model: pass its config (cfg=manifest.config) to generate")
+    if cfg is not None and (cfg.scalar_input or cfg.mol):
+        yield from _generate_variant(runner, n, batch, cfg, seed=seed, method=method, temperature=temperature,
+                                     cond=cond, speaker=speaker, chunk=chunk, progress=progress)
+        return
     u = uniforms(seed, n, batch)
     runner.reset(batch, speaker)
     token = np.full(batch, quantization_channels // 2, dtype=np.int64)
@@ -38,6 +56,33 @@ def generate_chunks(runner: StepRunner, n: int, batch: int = 1, *, seed: int = 0
         logits = runner.step(token, None if cond is None else cond[:, :, t])
         token = draw(logits, method, u[t], temperature)
         out[:, filled] = token
+        filled += 1
+        if filled == out.shape[1] or t == n - 1:
+            yield out[:, :filled].copy()
+            if progress:
+                progress(filled)
+            filled = 0
+
+
+def _generate_variant(runner: StepRunner, n: int, batch: int, cfg, *, seed, method, temperature, cond, speaker,
+                      chunk, progress) -> Iterator[np.ndarray]:
+    """The loop for scalar-input models: feed float samples; mixture-of-logistics models draw them."""
+    Q = cfg.quantization_channels
+    u = mol_uniforms(seed, n, batch) if cfg.mol else uniforms(seed, n, batch)
+    runner.reset(batch, speaker)
+    sample = np.zeros(batch, dtype=np.float32)
+    out = np.empty((batch, min(chunk, n)), dtype=np.float32 if cfg.mol else np.int64)
+    filled = 0
+    for t in range(n):
+        params = runner.step(sample, None if cond is None else cond[:, :, t])
+        if cfg.mol:
+            sample = mol_draw(params, method, u[t], cfg.log_scale_min, temperature)
+            out[:, filled] = sample
+        else:
+            token = draw(params, method, u[t], temperature)
+            out[:, filled] = token
+            sample = ((2.0 * token / (Q - 1) - 1.0).astype(np.float32) if cfg.scalar_mulaw
+                      else mulaw_decode(token, Q))
         filled += 1
         if filled == out.shape[1] or t == n - 1:
             yield out[:, :filled].copy()

@@ -44,12 +44,14 @@ class Tolerance:
     generation_identical: bool  # seeded generation must equal the reference exactly
 
 
-# One table, documented in the README. FP32 bounds sit ~100× above what FP32 achieves on the demo
-# model; FP16 bounds ~3–10× above its measured error (see README "Parity").
+# One table, documented in the README. Measured on the trained demo model with ONNX Runtime
+# (`wn-export parity`, worst check): FP32 max_abs 4.1e-5, rel_l2 2.1e-7, kl_mean 6.8e-13, kl_max 1.3e-11,
+# top1 0.9999, ll_diff 7.1e-7; FP16 max_abs 0.109, rel_l2 5.7e-4, kl_mean 3.9e-6, kl_max 1.1e-4,
+# top1 0.988, ll_diff 1.7e-3. FP32 bounds sit 25–100× above that, FP16 bounds 3–15×.
 TOLERANCES = {
-    "fp32": Tolerance(max_abs=1e-3, rel_l2=1e-5, kl_mean=1e-8, kl_max=1e-6, top1=0.999, ll_diff=1e-4,
+    "fp32": Tolerance(max_abs=1e-3, rel_l2=1e-5, kl_mean=1e-10, kl_max=1e-9, top1=0.999, ll_diff=2e-5,
                       generation_identical=True),
-    "fp16": Tolerance(max_abs=0.5, rel_l2=1e-2, kl_mean=1e-3, kl_max=5e-2, top1=0.97, ll_diff=1e-2,
+    "fp16": Tolerance(max_abs=0.3, rel_l2=3e-3, kl_mean=5e-5, kl_max=1e-3, top1=0.97, ll_diff=5e-3,
                       generation_identical=False),
 }
 

@@ -22,13 +22,13 @@ import gc
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from reference_model.checkpoint import atomic_write_bytes
 from wn_export.errors import ArtifactError, BackendError, ExportError, WNExportError
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,7 @@ def _compute_capabilities(trt: Any, spec: str) -> list[Any]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write data to path via a temp file in the same folder and os.replace (never a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _one_line(text: str) -> str:

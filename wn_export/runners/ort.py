@@ -3,7 +3,7 @@
 The step runner preallocates every buffer once per `reset` and binds them with I/O binding; a step
 writes the token into its bound buffer, runs, and applies the manifest's state update rule:
 `ring` (write the update rows into the ring buffers at `offset + position mod length`) or
-`replace` (swap the input and output buffers). No per-step allocations besides ORT's own.
+`replace` (alternate two bindings over two buffer sets). No per-step Python allocations.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ def import_ort():
     return onnxruntime
 
 
-def make_session(graph: Graph, threads: int | None = None):
+def make_session(graph: Graph, threads: int | None = None, spinning: bool | None = None):
+    """A CPU session: `threads` intra-op threads (default min(2, cores)); `spinning` sets whether idle
+    pool threads spin (ORT's default: yes) — only meaningful with more than one thread."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -77,7 +81,8 @@ class OrtScoringRunner(ScoringRunner):
         self.session = None
 
     def infer(self, tokens, cond=None, speaker=None):
-        values = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64), "cond": cond, "speaker": speaker}
+        values = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64), "cond": cond, "speaker": speaker,
+                  "samples": tokens}  # scalar-input models take float samples
         feeds = {}
         for t in self.graph.inputs:
             if values.get(t["role"]) is None:
@@ -99,20 +104,49 @@ class OrtUpsampleRunner(OrtScoringRunner):
 
 
 class OrtStepRunner(StepRunner):
-    name = "onnxruntime"
+    """The step loop's hot path: every buffer is allocated and bound once per `reset`.
 
-    def __init__(self, manifest: Manifest, graph: str = "step", threads: int | None = None):
+    - I/O binding over preallocated NumPy buffers: a step writes the token (and conditioning) in place,
+      runs, and reads the logits from the bound output buffer (the returned array is that buffer).
+    - `ring` state: the update rows are written into the packed state at `offset + position mod length`
+      through a 1-D view whose elements are whole rows (one memcpy per row, no index arithmetic
+      allocations: the row indices of every position come from a precomputed table).
+    - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
+      so nothing is rebound.
+    - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
+      reference machine a second, spinning thread gained ~12% at batch 1 and ~25% at batch ≥ 8 only
+      while the other core was idle, and lost 2–2.5× at every batch size as soon as another process
+      used it (non-spinning: −20 to −50%); see README "Generation and speed".
+    """
+
+    name = "onnxruntime"
+    TABLE_LIMIT = 1 << 20  # ring index table entries (positions × layers) precomputed at most
+
+    def __init__(self, manifest: Manifest, graph: str = "step", threads: int | None = None,
+                 spinning: bool | None = None):
         self.graph = manifest.graph(graph)
         self.threads = threads
+        self.spinning = spinning
         self.session = None
+        self.sessions: dict[int, object] = {}
         self.batch = 0
 
     def activate(self):
         self.ort = import_ort()
-        self.session = make_session(self.graph, self.threads)
+        self.session = self._session(self.threads or 1)
 
     def deactivate(self):
         self.session = self.binding = None
+        self.sessions = {}
+        self.bindings = []
+
+    def _session(self, threads: int):
+        if threads not in self.sessions:
+            self.sessions[threads] = make_session(self.graph, threads, spinning=self.spinning)
+        return self.sessions[threads]
+
+    def threads_for(self, batch: int) -> int:  # noqa: ARG002 - the policy may depend on the batch
+        return self.threads or 1
 
     def _value(self, array: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_numpy(array)
@@ -120,36 +154,54 @@ class OrtStepRunner(StepRunner):
     def reset(self, batch, speaker=None):
         if self.session is None:
             raise BackendError("runner is not active: use it as a context manager")
-        g, dims = self.graph, {"batch": batch}
-        self.batch, self.position = batch, 0
-        self.binding = self.session.io_binding()
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"batch must be a positive integer (got {batch!r})")
+        g, dims = self.graph, {"batch": int(batch)}
+        self.session = self._session(self.threads_for(batch))
+        self.batch, self.position = int(batch), 0
         self.buffers: dict[str, np.ndarray] = {}
         for t in (*g.inputs, *g.outputs):
             self.buffers[t["name"]] = np.zeros(resolve(t["shape"], dims), dtype=t["dtype"])
-        self.rings, self.swaps = [], []
+        self.rings, swaps = [], []
         for s in g.state:
             self.buffers[s["input"]][...] = s["init"]
             if s["update"] == "ring":
-                offsets = np.array([r["offset"] for r in s["rings"]], dtype=np.int64)
-                lengths = np.array([r["length"] for r in s["rings"]], dtype=np.int64)
-                self.rings.append((self.buffers[s["input"]], self.buffers[s["output"]], offsets, lengths))
+                self.rings.append(_Ring(self.buffers[s["input"]], self.buffers[s["output"]], s["rings"],
+                                        self.TABLE_LIMIT))
                 self.position_buf = self.buffers[s["position"]]
-            else:  # two OrtValues over two buffers, swapped after every step
-                values = [self._value(self.buffers[s["input"]]), self._value(self.buffers[s["output"]])]
-                self.swaps.append((s["input"], s["output"], values))
+            else:  # the output buffer of even steps is the input of odd steps and vice versa
+                other = np.zeros_like(self.buffers[s["input"]])
+                other[...] = s["init"]
+                swaps.append((s["input"], s["output"], other))
         spk = g.input("speaker")
         if spk is not None:
             if speaker is None or np.shape(speaker) != (batch,):
                 raise InputError(f"this model needs speaker ids of shape ({batch},)")
             self.buffers[spk["name"]][...] = speaker
-        self.token_buf = self.buffers[g.input("token")["name"]]
+        self.token_buf = self.buffers[(g.input("token") or g.input("sample"))["name"]]  # sample: scalar input
         cond = g.input("cond")
         self.cond_buf = None if cond is None else self.buffers[cond["name"]]
-        self.logits = self.buffers[g.output("logits")["name"]]
-        for t in g.inputs:
-            self.binding.bind_ortvalue_input(t["name"], self._value(self.buffers[t["name"]]))
-        for t in g.outputs:
-            self.binding.bind_ortvalue_output(t["name"], self._value(self.buffers[t["name"]]))
+        self.logits = self.buffers[(g.output("logits") or g.output("mol_params"))["name"]]
+        swapped = {name for name_in, name_out, _ in swaps for name in (name_in, name_out)}
+        self.bindings = []
+        for parity in range(2 if swaps else 1):
+            binding = self.session.io_binding()
+            for t in g.inputs:
+                if t["name"] not in swapped:
+                    binding.bind_ortvalue_input(t["name"], self._value(self.buffers[t["name"]]))
+            for t in g.outputs:
+                if t["name"] not in swapped:
+                    binding.bind_ortvalue_output(t["name"], self._value(self.buffers[t["name"]]))
+            for name_in, name_out, other in swaps:
+                a, b = self.buffers[name_in], self.buffers[name_out]
+                src, dst = (a, b) if parity == 0 else (b, a)
+                binding.bind_ortvalue_input(name_in, self._value(src))
+                binding.bind_ortvalue_output(name_out, self._value(dst))
+            self.bindings.append(binding)
+        self.binding = self.bindings[0]
+        # the C++ entry point, without the Python wrapper's frame (private API: fall back if it moves)
+        fast = hasattr(self.session, "_sess") and all(hasattr(b, "_iobinding") for b in self.bindings)
+        self._run = self.session._sess.run_with_iobinding if fast else None
 
     def step(self, token, cond_t=None):
         self.token_buf[...] = token
@@ -157,14 +209,51 @@ class OrtStepRunner(StepRunner):
             if cond_t is None:
                 raise InputError("this model needs per-sample conditioning (cond_t)")
             self.cond_buf[...] = cond_t
+        position = self.position
         if self.rings:
-            self.position_buf[0] = self.position
-        self.session.run_with_iobinding(self.binding)
-        for state, update, offsets, lengths in self.rings:
-            state[:, offsets + self.position % lengths, :] = update
-        for name_in, name_out, values in self.swaps:  # replace: the output becomes the next input
-            values.reverse()
-            self.binding.bind_ortvalue_input(name_in, values[0])
-            self.binding.bind_ortvalue_output(name_out, values[1])
-        self.position += 1
+            self.position_buf[0] = position
+        binding = self.bindings[position & 1] if len(self.bindings) == 2 else self.binding
+        if self._run is not None:
+            self._run(binding._iobinding, None)
+        else:
+            self.session.run_with_iobinding(binding)
+        for ring in self.rings:
+            ring.write(position)
+        self.position = position + 1
         return self.logits
+
+
+class _Ring:
+    """Writes a step's update rows (batch, L, R) into a packed ring state (batch, ΣN, R).
+
+    Row l goes to `offset_l + position mod length_l`. Both arrays are viewed as 1-D arrays of whole
+    rows (void elements of R·itemsize bytes), so the write is one fancy assignment of batch·L rows;
+    the row indices for each position come from a table over one period (lcm of the lengths) when that
+    is small, else from two in-place ufuncs.
+    """
+
+    def __init__(self, state: np.ndarray, update: np.ndarray, rings: list[dict], table_limit: int):
+        B, N, R = state.shape
+        row = np.dtype((np.void, R * state.itemsize))
+        self.state = state.reshape(B * N, R).view(row).reshape(B * N)
+        self.update = update.reshape(-1, R).view(row).reshape(-1)
+        self.offsets = np.array([r["offset"] for r in rings], dtype=np.intp)
+        self.lengths = np.array([r["length"] for r in rings], dtype=np.intp)
+        self.base = (np.arange(B, dtype=np.intp) * N)[:, None]  # each stream's first row
+        self.rows = np.empty((B, len(rings)), dtype=np.intp)
+        self.flat = self.rows.reshape(-1)
+        self.scratch = np.empty(len(rings), dtype=np.intp)
+        period = int(np.lcm.reduce(self.lengths)) if len(rings) else 1
+        self.period = period if period * len(rings) <= table_limit else 0
+        if self.period:
+            self.table = self.offsets + np.arange(self.period, dtype=np.intp)[:, None] % self.lengths
+
+    def write(self, position: int) -> None:
+        if self.period:
+            local = self.table[position % self.period]
+        else:
+            local = self.scratch
+            np.remainder(position, self.lengths, out=local)
+            np.add(local, self.offsets, out=local)
+        np.add(self.base, local, out=self.rows)
+        self.state[self.flat] = self.update

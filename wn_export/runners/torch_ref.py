@@ -23,11 +23,12 @@ class TorchScoringRunner(ScoringRunner):
 
     @torch.no_grad()
     def infer(self, tokens, cond=None, speaker=None):
-        tok = _tensor(tokens, torch.int64)
+        """tokens (B, T) (scalar-input models: float samples) → {"logits" | "mol_params", "log_prob"}."""
+        tok = _tensor(tokens, self.dtype if self.model.cfg.scalar_input else torch.int64)
         pasts = self.model.initial_state(tok.shape[0])
         logits, _ = self.model.run(tok, pasts, _tensor(cond, self.dtype), _tensor(speaker, torch.int64))
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, tok[:, 1:, None])[..., 0]
-        return {"logits": logits.numpy(), "log_prob": lp.numpy()}
+        lp = self.model.log_prob(logits, tok)
+        return {"mol_params" if self.model.cfg.mol else "logits": logits.numpy(), "log_prob": lp.numpy()}
 
     @torch.no_grad()
     def upsample(self, cond: np.ndarray) -> np.ndarray:
@@ -62,6 +63,7 @@ class TorchStepRunner(StepRunner):
 
     @torch.no_grad()
     def step(self, token, cond_t=None):
-        logits, self.state = self.model.step(_tensor(token, torch.int64), self.state,
+        kind = self.dtype if self.model.cfg.scalar_input else torch.int64  # scalar input: float samples
+        logits, self.state = self.model.step(_tensor(token, kind), self.state,
                                              _tensor(cond_t, self.dtype), self.speaker)
         return logits.numpy()

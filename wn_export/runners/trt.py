@@ -97,7 +97,7 @@ class TrtScoringRunner(_TrtBase, ScoringRunner):
 
     def infer(self, tokens, cond=None, speaker=None):
         torch = self.torch
-        values = {"tokens": tokens, "cond": cond, "speaker": speaker}
+        values = {"tokens": tokens, "cond": cond, "speaker": speaker, "samples": tokens}  # samples: scalar input
         B, T = np.shape(tokens)
         self._check_batch(B)
         dims = {"batch": B, "time": T, "time-1": T - 1}
@@ -147,9 +147,9 @@ class TrtStepRunner(_TrtBase, StepRunner):
             if speaker is None or np.shape(speaker) != (batch,):
                 raise InputError(f"this model needs speaker ids of shape ({batch},)")
             self.bufs[g.input("speaker")["name"]].copy_(torch.as_tensor(np.asarray(speaker, dtype=np.int64)))
-        self.token = self.bufs[g.input("token")["name"]]
+        self.token = self.bufs[(g.input("token") or g.input("sample"))["name"]]  # sample: scalar input
         self.cond = self.bufs[g.input("cond")["name"]] if g.input("cond") is not None else None
-        self.logits_dev = self.bufs[g.output("logits")["name"]]
+        self.logits_dev = self.bufs[(g.output("logits") or g.output("mol_params"))["name"]]
         self.logits = torch.empty(self.logits_dev.shape, dtype=self.logits_dev.dtype, pin_memory=True)
         self.token_host = torch.empty(self.token.shape, dtype=self.token.dtype, pin_memory=True)
         for t in g.inputs:

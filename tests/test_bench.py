@@ -1,0 +1,145 @@
+"""`wn-export bench`: the r9y9 baseline computes our model, the report is complete, options are checked.
+
+No timing assertions: the numbers are printed by the bench; these tests check what it measures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import CONFIGS, random_model
+from reference_model import WaveNetConfig, save_checkpoint
+from wn_export import bench
+from wn_export.bench import R9y9Incremental, parse_batches, parse_layouts, run_bench
+from wn_export.errors import InputError
+from wn_export.export import export_directory
+from wn_export.runners.torch_ref import TorchStepRunner
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    save_checkpoint(random_model(CONFIGS["conditioned"], seed=2), root / "m.safetensors")
+    export_directory(root / "dir", root / "m.safetensors")
+    return root / "dir"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_r9y9_incremental_baseline_computes_the_reference_logits(name):
+    """Teacher-forced through the baseline's shifted input buffers = the reference step, so the bench
+    compares implementations of the same function."""
+    cfg = CONFIGS[name]
+    model = random_model(cfg, seed=4)
+    base = R9y9Incremental(model)
+    rng = np.random.default_rng(0)
+    B, T = 2, cfg.receptive_field + 15
+    tokens = rng.integers(0, cfg.quantization_channels, (B, T))
+    cond = None
+    if cfg.local:
+        with torch.no_grad():
+            cond = model.upsample(torch.as_tensor(rng.standard_normal((B, cfg.local_channels, -(-T // cfg.hop_size))),
+                                                  dtype=torch.float32), T)
+    speaker = rng.integers(0, cfg.speakers, B) if cfg.global_ else None
+    with TorchStepRunner(model, torch.float32) as ref:
+        want = ref.teacher_force(tokens, None if cond is None else cond.numpy(), speaker)
+    base.clear_buffer()
+    g = base.speaker_input(speaker) if speaker is not None else None
+    got = np.empty_like(want)
+    with torch.no_grad():
+        for t in range(T):
+            onehot = torch.nn.functional.one_hot(torch.as_tensor(tokens[:, t]), cfg.quantization_channels)
+            ct = None if cond is None else cond[:, :, t].unsqueeze(1)
+            got[:, t] = base.step(onehot.float().unsqueeze(1), ct, g).numpy()
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_r9y9_baseline_shifts_a_buffer_of_dilated_extent_and_samples_one_hot():
+    cfg = WaveNetConfig(quantization_channels=16, residual_channels=4, gate_channels=6, skip_channels=5,
+                        layers=4, stacks=1)
+    base = R9y9Incremental(random_model(cfg))
+    x = base.initial_input(3)
+    with torch.no_grad():
+        for _ in range(3):
+            x = base.sample(base.step(x))
+    assert x.shape == (3, 1, 16) and torch.equal(x.sum(-1), torch.ones(3, 1))
+    assert [layer["conv"].input_buffer.shape[1] for layer in base.layers] == [2, 3, 5, 9]  # (K−1)·d + 1
+    assert base.layers[2]["conv"]._get_linearized_weight().shape == (6, 2 * 4)  # (out, kw·in)
+
+
+def test_run_bench_reports_every_backend_and_batch(small_export):
+    report = run_bench(small_export, batches=(1, 3), seconds=0.02, rounds=2, min_steps=3, scoring_samples=64)
+    steps = {(r.backend, r.batch) for r in report.results if r.kind == "step"}
+    for backend in ("onnxruntime", "torch reference", bench.BASELINE):
+        assert {(backend, 1), (backend, 3)} <= steps
+    scoring = {(r.backend, r.batch) for r in report.results if r.kind == "scoring"}
+    assert scoring == {(b, n) for b in ("onnxruntime scoring", "torch eager forward") for n in (1, 3)}
+    for r in report.results:
+        assert r.samples_per_s > 0 and len(r.rounds) == 2 and r.spread[0] <= r.samples_per_s <= r.spread[1]
+        assert r.p50_ms <= r.p99_ms
+        ratio = report.ratio(r)
+        assert ratio is not None and ratio > 0
+    base = report.get("step", bench.BASELINE, 1)
+    assert report.ratio(base) == pytest.approx(1.0)
+    data = json.loads(report.to_json())
+    assert data["target"] is None  # not the 30-layer target model
+    assert {d["backend"] for d in data["results"]} >= {"onnxruntime", bench.BASELINE}
+    assert all("ratio_vs_baseline" in d for d in data["results"])
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    for table in report.tables():
+        console.print(table)
+    text = console.export_text()
+    assert "onnxruntime" in text and "eager incremental" in text and "scoring" in text
+
+
+def test_bench_without_a_directory_builds_and_measures_the_target(monkeypatch):
+    """The default run builds the target model itself (here a small stand-in for the 30-layer one) in
+    every requested layout and reports the target line."""
+    monkeypatch.setattr(bench, "TARGET", dict(layers=4, stacks=2, residual_channels=8, gate_channels=8,
+                                              skip_channels=8, kernel_size=2, quantization_channels=16))
+    seen = []
+    report = run_bench(None, batches=(1,), seconds=0.02, rounds=1, min_steps=2, layouts=("ring", "full"),
+                       scoring=False, progress=seen.append)
+    backends = {r.backend for r in report.results}
+    assert {"onnxruntime", "onnxruntime (full)"} <= backends
+    assert any("exporting" in m for m in seen)
+    target = report.target()
+    assert target is not None and target["goal"] == bench.TARGET_SAMPLES_PER_S
+    assert "target: batch 1 ONNX Runtime" in report.summary()
+
+
+def test_bench_options_are_checked(small_export):
+    assert parse_batches("1, 8,64") == [1, 8, 64]
+    for bad in ("", "0", "1,x", "-2"):
+        with pytest.raises(InputError, match="batch sizes"):
+            parse_batches(bad)
+    assert parse_layouts("ring,full") == ("ring", "full")
+    with pytest.raises(InputError, match="layouts"):
+        parse_layouts("ring,packed")
+    with pytest.raises(InputError, match="its own layout"):
+        parse_layouts("full", small_export)
+    with pytest.raises(InputError, match="seconds"):
+        run_bench(small_export, seconds=0)
+
+
+def test_cli_bench_prints_tables_and_writes_json(small_export, tmp_path):
+    from cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "b.json"
+    r = runner.invoke(main, ["bench", str(small_export), "--batch", "1,2", "--seconds", "0.02", "--rounds", "1",
+                             "--no-scoring", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "generation step loop" in r.output and "× eager incremental" in r.output
+    data = json.loads(out.read_text())
+    assert {d["batch"] for d in data["results"]} == {1, 2}
+    r = runner.invoke(main, ["bench", str(small_export), "--batch", "0"])
+    assert r.exit_code == 1 and "batch sizes must be" in r.output
+    r = runner.invoke(main, ["bench", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "does not exist" in r.output
