@@ -31,11 +31,12 @@ METHODS = ("greedy", "sample")
 _GAMMA, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def uniforms(seed: int, steps: int, batch: int) -> np.ndarray:
-    """(steps, batch) float64 uniforms in [0, 1): SplitMix64 draws 1 … steps·batch after `seed`."""
+def uniforms(seed: int, steps: int, batch: int, start: int = 0) -> np.ndarray:
+    """(steps, batch) float64 uniforms in [0, 1): rows start … start+steps−1 of the SplitMix64 stream
+    (draw k = t·batch + b + 1 for step t, stream b), without materialising the rows before `start`."""
     if not 0 <= seed < 2**64:
         raise InputError(f"seed must be in [0, 2^64) (got {seed})")
-    k = np.arange(1, steps * batch + 1, dtype=np.uint64)
+    k = np.arange(start * batch + 1, (start + steps) * batch + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         z = np.uint64(seed) + k * _GAMMA
         z = (z ^ (z >> np.uint64(30))) * _M1

@@ -20,7 +20,7 @@ from reference_model.sampling import draw, uniforms
 from wn_export.errors import ArtifactError, BackendError, InputError
 from wn_export.export import export_directory
 from wn_export.graphs import build_graph, example_inputs
-from wn_export.host import Generator, Sampler, generate_to_wav, open_generator, uniform_block
+from wn_export.host import Generator, Sampler, generate_to_wav, open_generator
 from wn_export.manifest import read_manifest
 from wn_export.precision import FP32
 from wn_export.runners.ort import OrtStepRunner, _Ring
@@ -82,7 +82,7 @@ def test_sampler_accepts_float64_logits_of_the_reference_runner():
 
 @pytest.mark.parametrize("start, steps, batch", [(0, 5, 1), (7, 11, 3), (1000, 3, 64)])
 def test_uniform_blocks_are_rows_of_the_reference_uniforms(start, steps, batch):
-    assert np.array_equal(uniform_block(12345, start, steps, batch), uniforms(12345, start + steps, batch)[start:])
+    assert np.array_equal(uniforms(12345, steps, batch, start=start), uniforms(12345, start + steps, batch)[start:])
 
 
 def test_sampler_rejects_bad_options():

@@ -346,7 +346,9 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
     from .parity import reference_model_for
     from .runners.ort import OrtStepRunner
     from .runners.torch_ref import TorchStepRunner
-    from .host import Sampler, uniform_block
+    from reference_model.sampling import uniforms
+
+    from .host import Sampler
 
     say = progress or (lambda _m: None)
     batches = sorted({int(b) for b in batches})
@@ -390,7 +392,7 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
         try:
             for B in batches:
                 cond, spk = conditioning(B)
-                u = uniform_block(0, 0, 4096, B)[:, :, None]
+                u = uniforms(0, 4096, B)[:, :, None]
                 sampler = Sampler(B, Q, "sample", 1.0)
 
                 def host_loop(runner):  # our hosts: runner step + the host's sampler

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from reference_model.mulaw import mulaw_decode
-from reference_model.sampling import METHODS
+from reference_model.sampling import METHODS, uniforms
 
 from .errors import ArtifactError, BackendError, InputError
 from .manifest import Manifest, read_manifest
@@ -37,23 +37,6 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 
 _max, _accumulate = np.maximum.reduce, np.add.accumulate
-_GAMMA, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def uniform_block(seed: int, start: int, steps: int, batch: int) -> np.ndarray:
-    """Rows start … start+steps−1 of `reference_model.sampling.uniforms(seed, ·, batch)` (steps, batch):
-    the same SplitMix64 draws (k = t·batch + b + 1), without materialising the rows before `start`."""
-    if not 0 <= seed < 2**64:
-        raise InputError(f"seed must be in [0, 2^64) (got {seed})")
-    k = np.arange(start * batch + 1, (start + steps) * batch + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + k * _GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-    z ^= z >> np.uint64(31)
-    return ((z >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(steps, batch)
-
-
 class Sampler:
     """Next tokens from logits (batch, Q), exactly as `reference_model.sampling.draw` computes them
     (the same float64 operations in the same order), into preallocated buffers. The returned token
@@ -308,7 +291,7 @@ class Generator:
         done = 0
         while done < n:
             size = min(req.chunk, n - done)
-            u = uniform_block(req.seed, done, size, B)[:, :, None] if req.method == "sample" else None
+            u = uniforms(req.seed, size, B, start=done)[:, :, None] if req.method == "sample" else None
             rows = np.empty((size, B), dtype=np.int64)
             for i in range(size):
                 logits = step(token, None if cond is None else cond[:, :, done + i])
@@ -397,5 +380,5 @@ def parse_speakers(text: str | None):
     return ids[0] if len(ids) == 1 else ids
 
 
-__all__ = ["BACKENDS", "Generator", "Request", "Sampler", "open_generator", "uniform_block", "generate_to_wav",
+__all__ = ["BACKENDS", "Generator", "Request", "Sampler", "open_generator", "generate_to_wav",
            "load_features", "parse_speakers"]
