@@ -43,19 +43,14 @@ def generate_chunks(runner: StepRunner, n: int, batch: int = 1, *, seed: int = 0
         graph = getattr(runner, "graph", None)
         if cfg is None and graph is not None and hasattr(graph, "input") and graph.input("sample") is not None:
             raise InputError("this is a scalar-input model: pass its config (cfg=manifest.config) to generate")
-    if cfg is not None and (cfg.scalar_input or cfg.mol):
-        yield from _generate_variant(runner, n, batch, cfg, seed=seed, method=method, temperature=temperature,
-                                     cond=cond, speaker=speaker, chunk=chunk, progress=progress)
-        return
-    u = uniforms(seed, n, batch)
+    variant = cfg is not None and (cfg.scalar_input or cfg.mol)
+    step = (_variant_step(runner, n, batch, cfg, seed, method, temperature) if variant
+            else _token_step(runner, n, batch, seed, method, temperature, quantization_channels))
     runner.reset(batch, speaker)
-    token = np.full(batch, quantization_channels // 2, dtype=np.int64)
-    out = np.empty((batch, min(chunk, n)), dtype=np.int64)
+    out = np.empty((batch, min(chunk, n)), dtype=np.float32 if variant and cfg.mol else np.int64)
     filled = 0
     for t in range(n):
-        logits = runner.step(token, None if cond is None else cond[:, :, t])
-        token = draw(logits, method, u[t], temperature)
-        out[:, filled] = token
+        out[:, filled] = step(t, None if cond is None else cond[:, :, t])
         filled += 1
         if filled == out.shape[1] or t == n - 1:
             yield out[:, :filled].copy()
@@ -64,31 +59,37 @@ def generate_chunks(runner: StepRunner, n: int, batch: int = 1, *, seed: int = 0
             filled = 0
 
 
-def _generate_variant(runner: StepRunner, n: int, batch: int, cfg, *, seed, method, temperature, cond, speaker,
-                      chunk, progress) -> Iterator[np.ndarray]:
-    """The loop for scalar-input models: feed float samples; mixture-of-logistics models draw them."""
+def _token_step(runner: StepRunner, n, batch, seed, method, temperature, quantization_channels):
+    """Categorical μ-law models: feed the drawn token back."""
+    u = uniforms(seed, n, batch)
+    token = np.full(batch, quantization_channels // 2, dtype=np.int64)
+
+    def step(t: int, cond_t):
+        nonlocal token
+        token = draw(runner.step(token, cond_t), method, u[t], temperature)
+        return token
+
+    return step
+
+
+def _variant_step(runner: StepRunner, n, batch, cfg, seed, method, temperature):
+    """Scalar-input models are fed float samples; mixture-of-logistics models draw them."""
     Q = cfg.quantization_channels
     u = mol_uniforms(seed, n, batch) if cfg.mol else uniforms(seed, n, batch)
-    runner.reset(batch, speaker)
     sample = np.zeros(batch, dtype=np.float32)
-    out = np.empty((batch, min(chunk, n)), dtype=np.float32 if cfg.mol else np.int64)
-    filled = 0
-    for t in range(n):
-        params = runner.step(sample, None if cond is None else cond[:, :, t])
+
+    def step(t: int, cond_t):
+        nonlocal sample
+        params = runner.step(sample, cond_t)
         if cfg.mol:
             sample = mol_draw(params, method, u[t], cfg.log_scale_min, temperature)
-            out[:, filled] = sample
-        else:
-            token = draw(params, method, u[t], temperature)
-            out[:, filled] = token
-            sample = ((2.0 * token / (Q - 1) - 1.0).astype(np.float32) if cfg.scalar_mulaw
-                      else mulaw_decode(token, Q))
-        filled += 1
-        if filled == out.shape[1] or t == n - 1:
-            yield out[:, :filled].copy()
-            if progress:
-                progress(filled)
-            filled = 0
+            return sample
+        token = draw(params, method, u[t], temperature)
+        sample = ((2.0 * token / (Q - 1) - 1.0).astype(np.float32) if cfg.scalar_mulaw
+                  else mulaw_decode(token, Q))
+        return token
+
+    return step
 
 
 def generate(runner: StepRunner, n: int, batch: int = 1, **kwargs) -> np.ndarray:
