@@ -327,12 +327,20 @@ def test_bad_export_directory_is_one_clear_line(host, exports, tmp_path, kind, m
     ("plain-ring", ["--temperature", 0], "temperature must be > 0", 1),
     ("plain-ring", ["--bogus"], "unknown option --bogus", 2),
     ("plain-ring", ["--batch", 0], "--batch must be >= 1", 2),
+    ("plain-ring", ["--backend", "tflite"], "--backend must be onnxruntime or tensorrt (got 'tflite')", 2),
 ])
 def test_bad_generate_arguments_are_one_clear_line(host, exports, tmp_path, name, args, message, code):
     proc = run(host, "wn_generate", exports[name], "-o", tmp_path / "out.wav", "-n", 10, *args, check=False)
     assert proc.returncode == code
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_wn_score_rejects_an_unknown_backend(host, exports, tmp_path):
+    np.zeros((1, 10), np.int64).tofile(tmp_path / "t.i64")
+    proc = run(host, "wn_score", exports["plain-ring"], "--tokens", tmp_path / "t.i64", "--backend", "tflite",
+               check=False)
+    assert proc.returncode == 2 and "--backend must be onnxruntime or tensorrt (got 'tflite')" in proc.stderr
 
 
 def test_bad_cond_file_is_one_clear_line(host, exports, tmp_path):

@@ -8,11 +8,13 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "wn/backend.hpp"
 #include "wn/manifest.hpp"
 
 namespace cli {
@@ -119,6 +121,24 @@ inline std::vector<int64_t> speakers(const std::string& spec, int64_t batch, int
       throw wn::Error("speaker " + std::to_string(id) + " is out of range: this model has " + std::to_string(count) +
                       " speakers (0.." + std::to_string(count - 1) + ")");
   return ids;
+}
+
+// The backend named by --backend (onnxruntime | tensorrt) with its options (--threads; --engine,
+// --no-verify, --device, --cuda-graph).
+inline std::unique_ptr<wn::Backend> backend(const Args& args, const wn::Manifest& manifest) {
+  const std::string name = args.get("--backend", "onnxruntime");
+  if (name == "onnxruntime" || name == "ort")
+    return wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))});
+  if (name == "tensorrt" || name == "trt") {
+    wn::TrtOptions t;
+    t.manifest = &manifest;
+    t.engine = args.get("--engine");
+    t.verify = !args.has("--no-verify");
+    t.device = static_cast<int>(args.integer("--device", 0, 0));
+    t.cuda_graph = args.has("--cuda-graph");
+    return wn::make_trt_backend(t);
+  }
+  throw Usage("--backend must be onnxruntime or tensorrt (got '" + name + "')");
 }
 
 // Run `body`; wn::Error and other exceptions become one line on stderr and exit 1, usage errors exit 2.

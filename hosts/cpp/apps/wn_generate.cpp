@@ -155,22 +155,7 @@ int run(int argc, char** argv) {
     throw wn::Error("--cond: this model has no local conditioning");
   }
 
-  // backend
-  const std::string backend_name = args.get("--backend", "onnxruntime");
-  std::unique_ptr<wn::Backend> backend;
-  if (backend_name == "onnxruntime" || backend_name == "ort") {
-    backend = wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))});
-  } else if (backend_name == "tensorrt" || backend_name == "trt") {
-    wn::TrtOptions t;
-    t.manifest = &manifest;
-    t.engine = args.get("--engine");
-    t.verify = !args.has("--no-verify");
-    t.device = static_cast<int>(args.integer("--device", 0, 0));
-    t.cuda_graph = args.has("--cuda-graph");
-    backend = wn::make_trt_backend(t);
-  } else {
-    throw cli::Usage("--backend must be onnxruntime or tensorrt (got '" + backend_name + "')");
-  }
+  std::unique_ptr<wn::Backend> backend = cli::backend(args, manifest);
   std::unique_ptr<wn::StepRunner> runner = backend->open_step(graph);
 
   // stream to one WAV per stream (+ tokens)
