@@ -12,7 +12,7 @@ import time
 from reference_model import load_checkpoint
 
 from . import demo_checkpoint
-from .errors import ParityError
+from .errors import InputError, ParityError
 
 
 def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
@@ -27,7 +27,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
     model = load_checkpoint(checkpoint)
     cfg = model.cfg
     if cfg.local or cfg.global_:
-        raise ParityError("the demo generates unconditioned audio; for conditioned models run `wn-export onnx`, "
+        raise InputError("the demo generates unconditioned audio; for conditioned models run `wn-export onnx`, "
                           "`wn-export parity` and `wn-export generate --cond/--speaker`")
     echo(f"== model: {checkpoint}\n{cfg.summary()}\nparameters           {model.parameter_count():,}")
     export_dir = out_dir / "export"
