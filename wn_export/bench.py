@@ -1,7 +1,9 @@
 """`wn-export bench`: the generation step loop and the scoring graph, against the baselines, in one run.
 
 Step loop (one generated sample per stream: a step plus sampling), for each batch size, per backend:
-- `onnxruntime`: our host (`OrtStepRunner` + `host.Sampler`) on the exported step graph;
+- `onnxruntime`: our host (`OrtStepRunner` + `host.Sampler`) on the exported step graph, with the
+  layer chain fused into one `wn_ort_ops` node when possible; `onnxruntime (standard ops)` is the same
+  graph with standard ONNX Runtime kernels only;
 - `torch reference`: our PyTorch reference `WaveNet.step` (`TorchStepRunner`, FP32, one thread) with the
   same sampler;
 - `eager incremental`: the baseline everybody starts from, r9y9 wavenet_vocoder's `incremental_forward`
@@ -386,9 +388,15 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
             spk = rng.integers(0, cfg.speakers, B) if cfg.global_ else None
             return cond, spk
 
-        ort_runners = {layout: OrtStepRunner(read_manifest(d), threads=threads) for layout, d in dirs.items()}
-        for r in ort_runners.values():
-            r.activate()
+        ort_runners = {}  # row name → (layout, runner)
+        for layout, d in dirs.items():
+            runner = OrtStepRunner(read_manifest(d), threads=threads)
+            runner.activate()
+            ort_runners["onnxruntime" if layout == main_layout else f"onnxruntime ({layout})"] = (layout, runner)
+            if layout == main_layout and runner.setup.startswith("fused"):  # the same graph, standard ops
+                plain = OrtStepRunner(read_manifest(d), threads=threads, fused=False)
+                plain.activate()
+                ort_runners["onnxruntime (standard ops)"] = (layout, plain)
         try:
             for B in batches:
                 cond, spk = conditioning(B)
@@ -421,9 +429,8 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
                 notes = {}
                 reference = TorchStepRunner(model, torch.float32)
                 for rnd in range(rounds):
-                    for layout, runner in ort_runners.items():
-                        name = "onnxruntime" if layout == main_layout else f"onnxruntime ({layout})"
-                        notes[name] = f"{layout} state, {_threads(runner.threads_for(B))}"
+                    for name, (layout, runner) in ort_runners.items():
+                        notes[name] = f"{layout} state, {runner.setup}, {_threads(runner.threads_for(B))}"
                         say(f"batch {B}, round {rnd + 1}/{rounds}: {name}")
                         runs.setdefault(name, []).append(timer(host_loop(runner)))
                     say(f"batch {B}, round {rnd + 1}/{rounds}: torch reference step")
@@ -443,7 +450,7 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
                 for name, rs in runs.items():
                     results.append(_summarise("step", name, B, rs, B, notes.get(name, "")))
         finally:
-            for r in ort_runners.values():
+            for _, r in ort_runners.values():
                 r.deactivate()
 
         if scoring and "scoring" in manifest.graphs:

@@ -42,7 +42,10 @@ class Sampler:
     (the same float64 operations in the same order), into preallocated buffers. The returned token
     array is reused by the next call."""
 
-    def __init__(self, batch: int, classes: int, method: str = "sample", temperature: float = 1.0):
+    def __init__(self, batch: int, classes: int, method: str = "sample", temperature: float = 1.0,
+                 native: bool | None = None):
+        """`native`: draw with the compiled `wn_sample` (plugins/ort/sampler.cc, the same float64
+        operations); None = when the native library is available, False = NumPy only."""
         if method not in METHODS:
             raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
         if method == "sample" and not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -55,12 +58,28 @@ class Sampler:
             self.top = np.empty((batch, 1), dtype=np.float32 if temperature == 1.0 else np.float64)
             self.target = np.empty((batch, 1), dtype=np.float64)
             self.mask = np.empty((batch, classes), dtype=bool)
+        self._native = None
+        if method == "sample" and native is not False:
+            from .ort_ops import native_sampler
+
+            self._native = native_sampler()
+            if native and self._native is None:
+                from .ort_ops import library
+
+                library()  # raises the reason
+        self._tokens_ptr = self.tokens.ctypes.data
 
     def __call__(self, logits: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         """logits (batch, Q), u (batch, 1) float64 uniforms (ignored by greedy) → tokens (batch,)."""
         out = self.tokens
         if self.method == "greedy":
             np.argmax(logits, axis=-1, out=out)
+            return out
+        if self._native is not None and logits.dtype == np.float32 and logits.flags.c_contiguous \
+                and u.dtype == np.float64 and u.flags.c_contiguous and logits.shape == (out.shape[0], self.classes) \
+                and u.size == out.shape[0]:
+            self._native(logits.ctypes.data, out.shape[0], self.classes, u.ctypes.data, self.temperature,
+                         self._tokens_ptr)
             return out
         z, c = self.z, self.c
         if out.shape[0] == 1:  # one stream: the same operations on 1-D views (cheaper calls)
@@ -111,7 +130,8 @@ class Generator:
     """Generation from an export directory with one backend; a context manager (opens the backend)."""
 
     def __init__(self, directory, backend: str = "onnxruntime", *, precision: str = "fp32",
-                 threads: int | None = None, checkpoint: Path | None = None):
+                 threads: int | None = None, checkpoint: Path | None = None, fused: bool | None = None):
+        """`threads`, `fused`: the ONNX Runtime step runner's options (`runners.ort.OrtStepRunner`)."""
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         if precision not in PRECISIONS:
@@ -119,6 +139,7 @@ class Generator:
         self.manifest: Manifest = read_manifest(directory)
         self.cfg = self.manifest.config
         self.backend, self.precision, self.threads, self.checkpoint = backend, precision, threads, checkpoint
+        self.fused = fused
         self.graph = "step" if precision == "fp32" else f"step.{precision}"
         if backend == "torch":
             if precision != "fp32":
@@ -150,7 +171,7 @@ class Generator:
         elif self.backend == "onnxruntime":
             from .runners.ort import OrtStepRunner
 
-            runner = OrtStepRunner(self.manifest, self.graph, threads=self.threads)
+            runner = OrtStepRunner(self.manifest, self.graph, threads=self.threads, fused=self.fused)
         else:
             from .runners import open_step
 

@@ -24,15 +24,16 @@ def open_scoring(manifest, backend: str, graph: str = "scoring") -> ScoringRunne
     return TrtScoringRunner(manifest, graph)
 
 
-def open_step(manifest, backend: str, graph: str = "step") -> StepRunner:
+def open_step(manifest, backend: str, graph: str = "step", **options) -> StepRunner:
+    """`options` go to the backend's runner (onnxruntime: threads, fused)."""
     _check(backend)
     if backend == "onnxruntime":
         from .ort import OrtStepRunner
 
-        return OrtStepRunner(manifest, graph)
+        return OrtStepRunner(manifest, graph, **options)
     from .trt import TrtStepRunner
 
-    return TrtStepRunner(manifest, graph)
+    return TrtStepRunner(manifest, graph, **options)
 
 
 __all__ = ["Runner", "ScoringRunner", "StepRunner", "BACKENDS", "open_scoring", "open_step"]

@@ -29,11 +29,15 @@ def import_ort():
     return onnxruntime
 
 
-def make_session(graph: Graph, threads: int | None = None, spinning: bool | None = None):
+def make_session(graph: Graph, threads: int | None = None, spinning: bool | None = None,
+                 model: bytes | None = None, custom_ops: str | None = None):
     """A CPU session: `threads` intra-op threads (default min(2, cores)); `spinning` sets whether idle
-    pool threads spin (ORT's default: yes) — only meaningful with more than one thread."""
+    pool threads spin (ORT's default: yes) — only meaningful with more than one thread. `model` (bytes)
+    replaces the graph file (a session-time rewrite of it), `custom_ops` is an op library to register."""
     ort = import_ort()
     opts = ort.SessionOptions()
+    if custom_ops:
+        opts.register_custom_ops_library(str(custom_ops))
     opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
     if spinning is not None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -42,7 +46,8 @@ def make_session(graph: Graph, threads: int | None = None, spinning: bool | None
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(graph.path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model if model is not None else str(graph.path), opts,
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for invalid graphs
         raise ArtifactError(f"onnxruntime cannot load {graph.path.name}: {str(e).splitlines()[0]}") from None
     check_io(graph, [(i.name, _ORT_DTYPES.get(i.type, i.type), len(i.shape)) for i in session.get_inputs()],
@@ -113,6 +118,10 @@ class OrtStepRunner(StepRunner):
       allocations: the row indices of every position come from a precomputed table).
     - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
       so nothing is rebound.
+    - Fused layer chain: a lowered FP32 step graph's residual layers run as one node of the
+      `wn_ort_ops` custom-op library (`ort_fusion`, `ort_ops`; the file on disk is unchanged).
+      `fused=None` (default) uses it when the graph matches and the library builds, else the standard
+      graph (`self.setup` says which, and why); `True` requires it; `False` never uses it.
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
       reference machine a second, spinning thread gained ~12% at batch 1 and ~25% at batch ≥ 8 only
       while the other core was idle, and lost 2–2.5× at every batch size as soon as another process
@@ -123,17 +132,41 @@ class OrtStepRunner(StepRunner):
     TABLE_LIMIT = 1 << 20  # ring index table entries (positions × layers) precomputed at most
 
     def __init__(self, manifest: Manifest, graph: str = "step", threads: int | None = None,
-                 spinning: bool | None = None):
+                 spinning: bool | None = None, fused: bool | None = None):
         self.graph = manifest.graph(graph)
         self.threads = threads
         self.spinning = spinning
+        self.fused = fused
         self.session = None
         self.sessions: dict[int, object] = {}
         self.batch = 0
+        self.setup = "standard ONNX ops"
 
     def activate(self):
         self.ort = import_ort()
+        self._fusion = self._fuse() if self.fused is not False else None
         self.session = self._session(self.threads or 1)
+
+    def _fuse(self):
+        """(model bytes, op library) of the fused layer chain, or None (standard graph; see `setup`)."""
+        import onnx
+
+        from ..ort_fusion import fuse_layers
+        from ..ort_ops import available
+
+        fused = fuse_layers(onnx.load(str(self.graph.path)))
+        why = "" if fused is not None else \
+            f"{self.graph.path.name} has no fusable layer chain (only lowered FP32 step graphs do)"
+        lib = None
+        if fused is not None:
+            lib, why = available()
+        if lib is None:
+            if self.fused:
+                raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
+            self.setup = f"standard ONNX ops ({why.split(': ', 1)[0]})"
+            return None
+        self.setup = "fused layer chain (wn_ort_ops)"
+        return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
         self.session = self.binding = None
@@ -142,7 +175,9 @@ class OrtStepRunner(StepRunner):
 
     def _session(self, threads: int):
         if threads not in self.sessions:
-            self.sessions[threads] = make_session(self.graph, threads, spinning=self.spinning)
+            model, lib = self._fusion or (None, None)
+            self.sessions[threads] = make_session(self.graph, threads, spinning=self.spinning, model=model,
+                                                  custom_ops=lib)
         return self.sessions[threads]
 
     def threads_for(self, batch: int) -> int:  # noqa: ARG002 - the policy may depend on the batch

@@ -1,0 +1,268 @@
+"""The native ONNX Runtime host library (plugins/ort): the fused `WaveNetLayers` op against a float64
+reference, the session-time fusion of lowered step graphs, the native sampler, and the build's errors.
+
+Speed lives in `wn-export bench` (rows `onnxruntime` vs `onnxruntime (standard ops)`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import CONFIGS, random_model
+from reference_model import save_checkpoint
+from reference_model.sampling import draw
+from wn_export import ort_ops
+from wn_export.errors import BackendError
+from wn_export.export import export_directory
+from wn_export.host import Sampler
+from wn_export.manifest import read_manifest
+from wn_export.ort_fusion import OP, fuse_layers
+from wn_export.runners.ort import OrtStepRunner
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return str(ort_ops.library())
+
+
+def session(model: onnx.ModelProto, lib: str | None):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    if lib:
+        opts.register_custom_ops_library(lib)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def layers_model(w_gate, w_out, R, alpha, beta, shared_gate_in=False):
+    """One WaveNetLayers node; w_gate (L, P + R, 2G) holds the past-tap rows, then the current tap's."""
+    L, PR, G2 = w_gate.shape
+    P = PR - R
+    attrs = dict(alpha=list(alpha), beta=list(beta)) if L > 1 else {}
+    node = helper.make_node(OP, ["x0", "taps", "gate_in", "w_gate", "w_out"], ["h", "x"],
+                            domain=ort_ops.DOMAIN, **attrs)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "layers",
+        [helper.make_tensor_value_info("x0", f, ["B", R]), helper.make_tensor_value_info("taps", f, ["B", L, P]),
+         helper.make_tensor_value_info("gate_in", f, [L * G2] if shared_gate_in else ["B", L * G2])],
+        [helper.make_tensor_value_info("h", f, ["B", L * G2 // 2]), helper.make_tensor_value_info("x", f, ["B", L * R])],
+        [numpy_helper.from_array(w_gate, "w_gate"), numpy_helper.from_array(w_out, "w_out")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.DOMAIN, 1)])
+
+
+def layers_reference(x0, taps, gate_in, w_gate, w_out, alpha, beta):
+    """The op's contract (plugins/ort/README.md) in float64."""
+    L, _, G2 = w_gate.shape
+    G = G2 // 2
+    x = x0.astype(np.float64)
+    gate_in = np.broadcast_to(gate_in, (x0.shape[0], L * G2)).astype(np.float64)
+    hs, xs = [], []
+    for layer in range(L):
+        xs.append(x)
+        inputs = np.concatenate([taps[:, layer].astype(np.float64), x], axis=1)  # [past taps | x_l]
+        acc = gate_in[:, layer * G2:(layer + 1) * G2] + inputs @ w_gate[layer].astype(np.float64)
+        h = np.tanh(acc[:, :G]) / (1.0 + np.exp(-acc[:, G:]))
+        hs.append(h)
+        if layer + 1 < L:
+            x = alpha[layer] * (h @ w_out[layer].astype(np.float64)) + beta[layer] * x
+    return np.concatenate(hs, axis=1), np.concatenate(xs, axis=1)
+
+
+# ---- the op ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B, R, G, L, K, shared", [
+    (1, 64, 64, 30, 2, False), (64, 64, 64, 3, 2, False), (2, 6, 5, 3, 3, False), (5, 13, 20, 4, 2, True),
+    (7, 24, 16, 2, 4, False), (13, 8, 3, 5, 2, False), (6, 17, 9, 3, 3, True), (3, 4, 4, 1, 2, False)])
+def test_layers_op_matches_the_float64_contract(lib, B, R, G, L, K, shared):
+    rng = np.random.default_rng(B * 100 + R + G + L)
+    P = (K - 1) * R
+    w_gate = (rng.standard_normal((L, P + R, 2 * G)) / np.sqrt(P + R)).astype(np.float32)
+    w_out = (rng.standard_normal((L - 1, G, R)) / np.sqrt(G)).astype(np.float32)
+    alpha, beta = rng.uniform(0.5, 1.0, L - 1), rng.uniform(0.5, 1.0, L - 1)
+    x0 = rng.standard_normal((B, R)).astype(np.float32)
+    taps = rng.standard_normal((B, L, P)).astype(np.float32)
+    gate_in = rng.standard_normal((L * 2 * G,) if shared else (B, L * 2 * G)).astype(np.float32)
+    model = layers_model(w_gate, w_out, R, alpha, beta, shared_gate_in=shared)
+    h, x = session(model, lib).run(None, {"x0": x0, "taps": taps, "gate_in": gate_in})
+    want_h, want_x = layers_reference(x0, taps, gate_in, w_gate, w_out, alpha.astype(np.float32),
+                                      beta.astype(np.float32))
+    assert h.shape == want_h.shape and x.shape == want_x.shape
+    assert np.abs(h - want_h).max() < 2e-6
+    assert np.abs(x - want_x).max() < 1e-5 * max(1.0, np.abs(want_x).max())
+
+
+def test_gate_activations_are_accurate_over_the_whole_range(lib):
+    """With zero weights h = tanh(C_a)·σ(C_b): tanh and σ against float64 from −88 to 88 and near 0."""
+    n = 4096
+    v = np.concatenate([np.linspace(-30, 30, n - 16), [1e-8, -1e-8, 1e-5, -1e-5, 1e-3, -1e-3, 0.0, -0.0,
+                                                       7.9, 8.0, -7.9, -8.0, 9.0, 10.0, 88.0, -88.0]]).astype(np.float32)
+    big = np.full_like(v, 30.0)  # σ(30) = 1 − 9e-14, tanh(30) = 1 in float32
+    gate_in = np.concatenate([v, big, big, v])[None]  # layer 0: tanh(v)·σ(30); layer 1: tanh(30)·σ(v)
+    model = layers_model(np.zeros((2, 2, 2 * n), np.float32), np.zeros((1, n, 1), np.float32), 1, [1.0], [1.0])
+    h, _ = session(model, lib).run(None, {"x0": np.zeros((1, 1), np.float32), "taps": np.zeros((1, 2, 1), np.float32),
+                                          "gate_in": gate_in})
+    vd = v.astype(np.float64)
+    assert np.abs(h[0, :n] - np.tanh(vd) / (1 + np.exp(-30.0))).max() < 1e-6
+    assert np.abs(h[0, n:] - np.tanh(30.0) / (1 + np.exp(-vd))).max() < 1e-6
+    assert np.all(np.abs(h) <= 1.0)
+
+
+def test_layers_op_reports_inconsistent_shapes(lib):
+    model = layers_model(np.zeros((3, 8, 6), np.float32), np.zeros((2, 3, 4), np.float32), 4, [1.0], [1.0])
+    with pytest.raises(Exception, match="WaveNetLayers: inconsistent shapes.*alpha/beta 1/1"):
+        session(model, lib).run(None, {"x0": np.zeros((2, 4), np.float32), "taps": np.zeros((2, 3, 4), np.float32),
+                                       "gate_in": np.zeros((2, 18), np.float32)})
+
+
+# ---- the fusion ----------------------------------------------------------------------------------
+FUSED_EXPORTS = [("k2", "ring"), ("k3-odd", "ring"), ("conditioned", "ring"), ("explicit-dilations", "ring")]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuse")
+    out = {}
+    for name, layout in [*FUSED_EXPORTS, ("k2", "full")]:
+        ckpt = root / f"{name}.safetensors"
+        if not ckpt.exists():
+            save_checkpoint(random_model(CONFIGS[name], seed=5), ckpt)
+        out[name, layout] = root / f"{name}-{layout}"
+        export_directory(out[name, layout], ckpt, layout=layout, fp16=True)
+    return out
+
+
+def random_feeds(sess, batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [batch if isinstance(d, str) else d for d in i.shape]
+        if i.type == "tensor(int64)":
+            feeds[i.name] = rng.integers(0, 3, shape).astype(np.int64)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float16 if "float16" in i.type else np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("name, layout", FUSED_EXPORTS)
+def test_fusion_replaces_the_layer_chain_and_computes_the_same_step(exports, lib, name, layout):
+    lowered = onnx.load(str(exports[name, layout] / "step.onnx"))
+    fused = fuse_layers(lowered)
+    assert fused is not None
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count(OP) == 1 and not {"Tanh", "Sigmoid", "Split", "MatMul", "Transpose"} & set(ops)
+    assert len(fused.graph.node) < len(lowered.graph.node) - 3 * CONFIGS[name].layers
+    onnx.checker.check_model(fused)
+    plain, fast = session(lowered, None), session(fused, lib)
+    for batch in (1, 3):
+        feeds = random_feeds(plain, batch, seed=batch)
+        for a, b in zip(plain.run(None, feeds), fast.run(None, feeds)):
+            assert a.shape == b.shape
+            assert np.abs(a - b).max() < 1e-5 * max(1.0, np.abs(a).max())
+
+
+def test_fusion_declines_graphs_it_does_not_know(exports):
+    d = exports["k2", "ring"]
+    assert fuse_layers(onnx.load(str(d / "step.fp16.onnx"))) is None  # FP16 graphs are not lowered
+    assert fuse_layers(onnx.load(str(d / "scoring.onnx"))) is None
+    assert fuse_layers(onnx.load(str(exports["k2", "full"] / "step.onnx"))) is None  # per-layer state updates
+    lowered = onnx.load(str(d / "step.onnx"))
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(lowered)  # an intermediate that is also a graph output cannot disappear
+    mul = next(n for n in tapped.graph.node if n.op_type == "Mul")
+    tapped.graph.output.append(helper.make_tensor_value_info(mul.output[0], TensorProto.FLOAT, None))
+    assert fuse_layers(tapped) is None
+    relu = onnx.ModelProto()
+    relu.CopyFrom(lowered)  # a different activation is a different function
+    next(n for n in relu.graph.node if n.op_type == "Tanh").op_type = "Relu"
+    assert fuse_layers(relu) is None
+    assert fuse_layers(lowered) is not None  # the originals are untouched
+
+
+def test_runner_uses_the_fused_chain_where_it_applies(exports, lib):
+    manifest = read_manifest(exports["k2", "ring"])
+    with OrtStepRunner(manifest) as runner:
+        assert runner.setup.startswith("fused")
+    with OrtStepRunner(manifest, fused=False) as runner:
+        assert runner.setup == "standard ONNX ops"
+    with OrtStepRunner(manifest, "step.fp16") as runner:
+        assert runner.setup.startswith("standard ONNX ops (step.fp16.onnx has no fusable layer chain")
+    with pytest.raises(BackendError, match="no fusable layer chain"):
+        OrtStepRunner(manifest, "step.fp16", fused=True).activate()
+
+
+# ---- the build ---------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """An empty library cache and no memoised library or sampler."""
+    monkeypatch.setenv("WN_EXPORT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ort_ops, "_cache", {})
+    monkeypatch.setattr(ort_ops, "_sampler", [])
+    return tmp_path
+
+
+def test_missing_compiler_is_one_clear_error_and_the_host_falls_back(fresh_build, monkeypatch, exports):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(BackendError, match="needs a C\\+\\+17 compiler: 'no-such-compiler' was not found"):
+        ort_ops.library()
+    manifest = read_manifest(exports["k2", "ring"])
+    with OrtStepRunner(manifest) as runner:
+        assert runner.setup.startswith("standard ONNX ops (the native ONNX Runtime host library needs")
+    with pytest.raises(BackendError, match="fused ONNX Runtime layers unavailable"):
+        OrtStepRunner(manifest, fused=True).activate()
+    assert Sampler(1, 8)._native is None
+    with pytest.raises(BackendError, match="compiler"):
+        Sampler(1, 8, native=True)
+
+
+def test_a_failing_compile_names_the_error_and_leaves_no_library(fresh_build, monkeypatch):
+    plugins = fresh_build / "plugins" / "ort"
+    (plugins / "third_party" / "onnxruntime").mkdir(parents=True)
+    src = ort_ops.plugin_dir()
+    for name in ort_ops.SOURCES:
+        (plugins / name).write_text((src / name).read_text())
+    header = "third_party/onnxruntime/onnxruntime_c_api.h"
+    (plugins / header).write_text((src / header).read_text())
+    (plugins / "sampler.cc").write_text("this is not C++\n")
+    monkeypatch.setenv("WN_EXPORT_PLUGINS", str(fresh_build / "plugins"))
+    with pytest.raises(BackendError, match="compiling libwn_ort_ops.so failed"):
+        ort_ops.library()
+    cache = fresh_build / "cache"
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no library, no temporary left behind
+    (plugins / "wn_ort_ops.cc").unlink()
+    with pytest.raises(BackendError, match="wn_ort_ops.cc are missing|wn_ort_ops.cc is missing|are missing"):
+        ort_ops.library()
+
+
+def test_the_library_is_built_once_and_reused(fresh_build):
+    first = ort_ops.library()
+    assert first.is_file() and first.parent.parent == fresh_build / "cache" / "ort_ops"
+    mtime = first.stat().st_mtime_ns
+    ort_ops._cache.clear()
+    assert ort_ops.library() == first and first.stat().st_mtime_ns == mtime  # the cache, not a rebuild
+
+
+# ---- the native sampler ----------------------------------------------------------------------------
+@pytest.mark.parametrize("batch, classes, temperature", [(1, 256, 1.0), (1, 256, 0.6), (3, 17, 1.0),
+                                                         (8, 256, 1.4), (64, 32, 0.9)])
+def test_native_sampler_draws_exactly_the_reference_tokens(batch, classes, temperature):
+    native = Sampler(batch, classes, "sample", temperature, native=True)
+    numpy_ = Sampler(batch, classes, "sample", temperature, native=False)
+    assert native._native is not None and numpy_._native is None
+    rng = np.random.default_rng(batch + classes)
+    for _ in range(400):
+        logits = (rng.standard_normal((batch, classes)) * rng.uniform(0.1, 30)).astype(np.float32)
+        u = rng.random((batch, 1))
+        want = draw(logits, "sample", u[:, 0], temperature)
+        assert np.array_equal(native(logits, u), want)
+        assert np.array_equal(numpy_(logits, u), want)
+
+
+def test_native_sampler_handles_degenerate_rows_like_numpy():
+    logits = np.array([[0.0, np.nan, 1.0, 2.0], [5.0, 5.0, 5.0, 5.0], [-1e30, 0.0, -1e30, -1e30]], np.float32)
+    u = np.array([[0.5], [0.999999], [0.0]])
+    want = draw(logits, "sample", u[:, 0], 1.0)
+    assert np.array_equal(Sampler(3, 4, native=True)(logits, u), want)
+    assert want.tolist() == [0, 3, 1]

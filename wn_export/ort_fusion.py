@@ -1,0 +1,217 @@
+"""Session-time fusion of a lowered FP32 step graph's layer chain into one `wn_export.WaveNetLayers` node.
+
+`step_lowering` leaves four ONNX nodes per residual layer (two Gemms that ORT fuses with their Tanh /
+Sigmoid, the gate Mul, the residual Gemm) and a batched MatMul of the past taps that ONNX Runtime runs
+as 30 small GEMMs; at batch 1 each node costs ~1 µs of dispatch, more than its arithmetic. This pass, applied in memory when the ONNX Runtime host opens a step graph (like
+ORT's own graph optimisations; the artifact on disk stays standard ONNX for every other backend),
+replaces the whole chain by the custom op of `plugins/ort/wn_ort_ops.cc` (see its header for the
+contract):
+
+    taps → Transpose → MatMul(W_past) → Transpose → Reshape → Add(bias) [→ conditioning Gemms] → Split
+    → per layer l:  Gemm(x_l, W_a,l, C_a,l) → Tanh ┐
+                    Gemm(x_l, W_b,l, C_b,l) → Sigmoid ┴ Mul → h_l
+                    Gemm(h_l, W_out,l, C = x_l) [α_l, β_l] → x_{l+1}      (l < L−1)
+    Concat(h_0 … h_L−1) → skip input;  Concat(x_0 … x_L−1) → state update
+      ⇒  [bias → conditioning Gemms →] WaveNetLayers(x_0, taps, gate_in, W_gate = [W_past; W_a | W_b]
+                                                     (L, P+R, 2G), W_out (L−1,G,R); α, β) → (h, x)
+
+The match is strict (every intermediate consumed only inside the chain, default Gemm attributes, one
+Split of 2L equal parts, L ≥ 2, the layer inputs gathered by one Concat: the `ring` state layout; the
+`full` layout updates each layer's state separately and is not fused); anything else returns None and the standard graph is used. The weights are
+the graph's own initializers, re-packed. Only the summation order and the tanh/σ approximation change
+(fp32 rounding level, ~1e-7); parity on the `onnxruntime` backend checks the fused session.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .ort_ops import DOMAIN
+
+OP = "WaveNetLayers"
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _need(cond, why=""):
+    if not cond:
+        raise _NoMatch(why)
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def fuse_layers(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model with its layer chain fused (a new ModelProto), or None when it does not match."""
+    try:
+        return _fuse(model)
+    except _NoMatch:
+        return None
+
+
+def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
+    g = model.graph
+    nodes = list(g.node)
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    graph_outputs = {o.name for o in g.output}
+
+    def only(name, op, slot=None):
+        """The single consumer of `name` (not a graph output), of type `op`, using it at input `slot`."""
+        users = consumers[name]
+        _need(len(users) == 1 and name not in graph_outputs, f"{name}: {len(users)} consumers")
+        u = users[0]
+        _need(u.op_type == op and (slot is None or list(u.input).index(name) == slot), f"{name} → {u.op_type}")
+        return u
+
+    def weight(name, shape=None):
+        _need(name in inits, f"{name} is not an initializer")
+        w = numpy_helper.to_array(inits[name])
+        _need(w.dtype == np.float32 and w.ndim == 2 and (shape is None or w.shape == shape), f"{name} {w.shape}")
+        return w
+
+    def plain_gemm(n):
+        a = _attrs(n)
+        return a.get("transA", 0) == 0 and a.get("transB", 0) == 0
+
+    splits = [n for n in nodes if n.op_type == "Split" and len(n.output) >= 2
+              and all(any(u.op_type == "Gemm" for u in consumers[o]) for o in n.output)]
+    _need(len(splits) == 1, "no unique gate Split")
+    split = splits[0]
+    L = len(split.output) // 2
+    _need(len(split.output) == 2 * L and L >= 2 and _attrs(split).get("axis", 0) in (1, -1), "split layout")
+    _need(len(split.input) == 2 and split.input[1] in inits, "split sizes are not a constant")
+    sizes = numpy_helper.to_array(inits[split.input[1]])
+    G = int(sizes[0])
+    _need(np.all(sizes == G) and G > 0, "unequal split")
+
+    # the past taps of every layer: Transpose → batched MatMul → Transpose → Reshape (→ Add bias), then
+    # optional conditioning Gemms chained through C, into the Split. The op takes the taps and W_past;
+    # what remains (bias, conditioning) becomes its gate_in.
+    producer = {o: n for n in nodes for o in n.output}
+    user, slot, cur = split, 0, split.input[0]
+    while cur in producer and producer[cur].op_type == "Gemm" and len(producer[cur].input) == 3:
+        user, slot, cur = producer[cur], 2, producer[cur].input[2]
+    _need(cur in producer and consumers[cur] == [user] and cur not in graph_outputs, "gate pre-activation")
+    node = producer[cur]
+    prefix_nodes, bias = [], None
+    if node.op_type == "Add":
+        bias = next((i for i in node.input if i in inits), None)
+        other = [i for i in node.input if i != bias]
+        _need(bias is not None and len(other) == 1 and other[0] in producer and len(consumers[other[0]]) == 1,
+              "gate bias Add")
+        prefix_nodes.append(node)
+        node = producer[other[0]]
+    _need(node.op_type == "Reshape", "gate Reshape")
+    tr6 = producer.get(node.input[0])
+    mm = producer.get(tr6.input[0]) if tr6 is not None else None
+    tr4 = producer.get(mm.input[0]) if mm is not None and mm.op_type == "MatMul" else None
+    _need(tr6 is not None and tr6.op_type == "Transpose" and _attrs(tr6).get("perm") == [1, 0, 2]
+          and tr4 is not None and tr4.op_type == "Transpose" and _attrs(tr4).get("perm") == [1, 0, 2]
+          and mm.input[1] in inits, "past-tap MatMul")
+    for n in (node, tr6, mm, tr4):
+        _need(len(consumers[n.output[0]]) == 1 and n.output[0] not in graph_outputs, f"{n.name} consumers")
+    prefix_nodes += [node, tr6, mm, tr4]
+    w_past = numpy_helper.to_array(inits[mm.input[1]])
+    taps = tr4.input[0]
+
+    matched = [split, *prefix_nodes]
+    w_gate, w_out, alpha, beta, hs, xs = [], [], [], [], [], []
+    x = None
+    for layer in range(L):
+        ga, gb = only(split.output[2 * layer], "Gemm", 2), only(split.output[2 * layer + 1], "Gemm", 2)
+        _need(plain_gemm(ga) and plain_gemm(gb) and not {"alpha", "beta"} & (_attrs(ga).keys() | _attrs(gb).keys()),
+              "gate Gemm attributes")
+        _need(ga.input[0] == gb.input[0] and (x is None or ga.input[0] == x), "gate Gemms read different inputs")
+        x = ga.input[0]
+        wa, wb = weight(ga.input[1]), weight(gb.input[1])
+        _need(wa.shape == wb.shape and wa.shape[1] == G, "gate weights")
+        R = wa.shape[0]
+        tanh, sig = only(ga.output[0], "Tanh"), only(gb.output[0], "Sigmoid")
+        mul = only(tanh.output[0], "Mul")
+        _need(only(sig.output[0], "Mul") is mul, "the gate halves meet in different Muls")
+        h = mul.output[0]
+        x_users = {id(u) for u in consumers[x]}
+        matched += [ga, gb, tanh, sig, mul]
+        w_gate.append(np.concatenate([wa, wb], axis=1))
+        hs.append(h)
+        xs.append(x)
+        h_users = consumers[h]
+        if layer + 1 < L:
+            _need(len(h_users) == 2 and h not in graph_outputs, f"{h} consumers")
+            out = next((u for u in h_users if u.op_type == "Gemm"), None)
+            _need(out is not None and out.input[0] == h and len(out.input) == 3 and out.input[2] == x
+                  and plain_gemm(out), "residual Gemm")
+            w_out.append(weight(out.input[1], (G, R)))
+            a = _attrs(out)
+            alpha.append(float(a.get("alpha", 1.0)))
+            beta.append(float(a.get("beta", 1.0)))
+            matched.append(out)
+            nxt = out.output[0]
+            _need(nxt not in graph_outputs, "a layer input is a graph output")
+            x = nxt
+        else:
+            _need(len(h_users) == 1 and h not in graph_outputs, f"{h} consumers")
+        if layer > 0:  # x_l (l ≥ 1) is internal: the gate Gemms, the residual Gemm and the state Concat
+            _need(len(x_users) == (4 if layer + 1 < L else 3), f"{xs[-1]} has other consumers")
+    concat_h = only(hs[-1], "Concat")
+    _need(list(concat_h.input) == hs and _attrs(concat_h).get("axis") in (1, -1), "skip Concat")
+    x_concat = [u for u in consumers[xs[-1]] if u.op_type == "Concat"]
+    _need(len(x_concat) == 1, "state Concat")
+    concat_x = x_concat[0]
+    _need(list(concat_x.input) == xs and _attrs(concat_x).get("axis") in (1, -1), "state Concat inputs")
+    matched += [concat_h, concat_x]
+    shapes = {w.shape for w in w_gate}
+    _need(len(shapes) == 1, "layers of different widths")
+    R, G2 = w_gate[0].shape
+    _need(w_past.dtype == np.float32 and w_past.ndim == 3 and w_past.shape[0] == L and w_past.shape[2] == G2,
+          "past-tap weights")
+
+    prefix = "wn_fused."
+    w_in = np.concatenate([w_past, np.stack(w_gate)], axis=1)  # (L, P + R, 2G): past rows, then current
+    new_inits = [numpy_helper.from_array(np.ascontiguousarray(w_in), prefix + "w_gate"),
+                 numpy_helper.from_array(np.ascontiguousarray(np.stack(w_out)), prefix + "w_out")]
+    if bias is None:  # no bias Add: the rest of the pre-activation starts at zero
+        bias = prefix + "gate_bias"
+        new_inits.append(numpy_helper.from_array(np.zeros(L * G2, np.float32), bias))
+    _need(numpy_helper.to_array(inits[bias]).size == L * G2 if bias in inits else True, "gate bias size")
+    gate_in = bias if user is split else split.input[0]
+    fused = helper.make_node(
+        OP, [xs[0], taps, gate_in, prefix + "w_gate", prefix + "w_out"],
+        [concat_h.output[0], concat_x.output[0]], name="/wn_fused/layers", domain=DOMAIN,
+        alpha=alpha, beta=beta)
+    gone = {id(n) for n in matched}
+    out_nodes = []
+    for n in nodes:
+        if n is split:
+            out_nodes.append(fused)
+        elif n is user:  # the first conditioning Gemm now adds to the bias alone
+            rewired = onnx.NodeProto()
+            rewired.CopyFrom(n)
+            rewired.input[slot] = bias
+            out_nodes.append(rewired)
+        elif id(n) not in gone:
+            out_nodes.append(n)
+    used = {i for n in out_nodes for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(out_nodes)
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(keep + new_inits)
+    del result.graph.value_info[:]
+    if not any(o.domain == DOMAIN for o in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return result
