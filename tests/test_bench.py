@@ -67,8 +67,8 @@ def test_r9y9_baseline_shifts_a_buffer_of_dilated_extent_and_samples_one_hot():
         for _ in range(3):
             x = base.sample(base.step(x))
     assert x.shape == (3, 1, 16) and torch.equal(x.sum(-1), torch.ones(3, 1))
-    assert [layer["conv"].input_buffer.shape[1] for layer in base.layers] == [2, 3, 5, 9]  # (K−1)·d + 1
-    assert base.layers[2]["conv"]._get_linearized_weight().shape == (6, 2 * 4)  # (out, kw·in)
+    assert [layer.conv.input_buffer.shape[1] for layer in base.layers] == [2, 3, 5, 9]  # (K−1)·d + 1
+    assert base.layers[2].conv._get_linearized_weight().shape == (6, 2 * 4)  # (out, kw·in)
 
 
 def test_run_bench_reports_every_backend_and_batch(small_export):
@@ -143,3 +143,20 @@ def test_cli_bench_prints_tables_and_writes_json(small_export, tmp_path):
     assert r.exit_code == 1 and "batch sizes must be" in r.output
     r = runner.invoke(main, ["bench", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_the_package_row_times_wavenet_vocoder_itself(tmp_path):
+    cfg = WaveNetConfig(quantization_channels=16, residual_channels=4, gate_channels=6, skip_channels=5,
+                        layers=4, stacks=2)
+    save_checkpoint(random_model(cfg), tmp_path / "m.safetensors")
+    export_directory(tmp_path / "d", tmp_path / "m.safetensors")
+    report = run_bench(tmp_path / "d", batches=(1, 2), seconds=0.02, rounds=2, min_steps=3, scoring=False)
+    rows = [r for r in report.results if r.backend == bench.PACKAGE]
+    assert [r.batch for r in rows] == [1]  # its sampler draws one stream
+    assert rows[0].samples_per_s > 0 and rows[0].p50_ms is None and "wavenet_vocoder" in rows[0].note
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    for t in report.tables():
+        console.print(t)
+    assert bench.PACKAGE in console.export_text()

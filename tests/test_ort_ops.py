@@ -188,7 +188,10 @@ def test_runner_uses_the_fused_chain_where_it_applies(exports, lib):
     with OrtStepRunner(manifest, fused=False) as runner:
         assert runner.setup == "standard ONNX ops"
     with OrtStepRunner(manifest, "step.fp16") as runner:
-        assert runner.setup.startswith("standard ONNX ops (step.fp16.onnx has no fusable layer chain")
+        assert runner.setup == "standard ONNX ops"
+        assert runner.unfused.startswith("step.fp16.onnx has no fusable layer chain")
+    with OrtStepRunner(read_manifest(exports["k2", "full"])) as runner:
+        assert runner.setup == "standard ONNX ops" and "ring state layout" in runner.unfused
     with pytest.raises(BackendError, match="no fusable layer chain"):
         OrtStepRunner(manifest, "step.fp16", fused=True).activate()
 
@@ -209,7 +212,8 @@ def test_missing_compiler_is_one_clear_error_and_the_host_falls_back(fresh_build
         ort_ops.library()
     manifest = read_manifest(exports["k2", "ring"])
     with OrtStepRunner(manifest) as runner:
-        assert runner.setup.startswith("standard ONNX ops (the native ONNX Runtime host library needs")
+        assert runner.setup == "standard ONNX ops"
+        assert runner.unfused.startswith("the native ONNX Runtime host library needs a C++17 compiler")
     with pytest.raises(BackendError, match="fused ONNX Runtime layers unavailable"):
         OrtStepRunner(manifest, fused=True).activate()
     assert Sampler(1, 8)._native is None

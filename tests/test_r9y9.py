@@ -339,3 +339,33 @@ def test_unreadable_checkpoints(tmp_path):
     (tmp_path / "h.json").write_text("stacks=2")
     with pytest.raises(ImportError_, match="not JSON"):
         import_r9y9(_save(tmp_path, their_model(CASES["mulaw-k3"][0]).state_dict()), tmp_path / "h.json")
+
+
+@pytest.mark.parametrize("name", ["mulaw-k3", "global-local-plain"])
+def test_bench_baseline_computes_their_incremental_forward(tmp_path, name, monkeypatch):
+    """`wn-export bench`'s eager-incremental baseline (our re-implementation of their loop) on the imported
+    model = their own `incremental_forward`, teacher-forced: the bench times their algorithm."""
+    from wn_export.baseline_r9y9 import R9y9Incremental
+
+    kwargs, hparams = CASES[name]
+    theirs, path, _ = _import(tmp_path, name, kwargs, hparams)
+    model = load_checkpoint(path, torch.float32)
+    cfg = model.cfg
+    B, T = 2, cfg.receptive_field + 9
+    T -= T % cfg.hop_size  # whole frames
+    x, c, g, ours = their_inputs(kwargs, hparams, B, T)
+    want = their_incremental(theirs, x, c, g, monkeypatch).transpose(1, 2).numpy()  # (B, T, Q)
+    base = R9y9Incremental(model)
+    base.clear_buffer()
+    cond = None
+    if cfg.local:
+        with torch.no_grad():
+            cond = model.upsample(torch.as_tensor(ours["frames"], dtype=torch.float32), T)  # (B, C, T)
+    gt = base.speaker_input(ours["speaker"]) if "speaker" in ours else None
+    got = np.empty_like(want)
+    with torch.no_grad():
+        for t in range(T):
+            ct = None if cond is None else cond[:, :, t].unsqueeze(1)
+            got[:, t] = base.step(x[:, :, t].float().unsqueeze(1), ct, gt).numpy()
+    assert np.abs(want).max() > 0.3
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())

@@ -7,10 +7,11 @@ Step loop (one generated sample per stream: a step plus sampling), for each batc
 - `torch reference`: our PyTorch reference `WaveNet.step` (`TorchStepRunner`, FP32, one thread) with the
   same sampler;
 - `eager incremental`: the baseline everybody starts from, r9y9 wavenet_vocoder's `incremental_forward`
-  re-implemented faithfully (`R9y9Incremental`): per layer a Conv1d whose input buffer of
-  (K−1)·d + 1 samples is shifted every step by slicing, linearized weights (`_get_linearized_weight`),
-  `F.linear` for the 1×1 convolutions, one-hot input, softmax + `OneHotCategorical` sampling; with
-  torch's default threads (what users get) and again with one thread.
+  re-implemented faithfully (`baseline_r9y9.R9y9Incremental`: its modules, calls and sampler); with
+  torch's default threads (what users get) and again with one thread;
+- `wavenet_vocoder package` (batch 1, when the PyPI package is installed, e.g. by the `dev` extra): the
+  package's own `incremental_forward` on a randomly initialised model of the same architecture, as a
+  check that the re-implementation costs what the original costs.
 Scoring: the exported scoring graph on ONNX Runtime vs PyTorch eager `forward` (+ log-softmax), FP32.
 
 Measurements are interleaved: each round runs every backend once per batch size, so load changes on a
@@ -22,7 +23,6 @@ percentiles pool the per-step times of all rounds. Without DIR the 30-layer targ
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import tempfile
@@ -42,136 +42,7 @@ TARGET_RATIO = 50  # × the eager-incremental baseline
 BASELINE = "eager incremental"
 
 
-# ---- the r9y9 baseline ---------------------------------------------------------------------------
-class _IncrementalConv1d:
-    """r9y9 `conv.py` `Conv1d.incremental_forward`: (B, 1, C_in) → (B, 1, C_out)."""
-
-    def __init__(self, weight, bias, dilation: int = 1):
-        self.out_channels, self.in_channels, self.kw = weight.shape
-        self.dilation = dilation
-        self.weight, self.bias = weight, bias
-        self._linearized_weight = None
-        self.input_buffer = None
-
-    def _get_linearized_weight(self):
-        if self._linearized_weight is None:
-            weight = self.weight.transpose(1, 2).contiguous()  # (out, kw, in)
-            self._linearized_weight = weight.view(self.out_channels, -1)
-        return self._linearized_weight
-
-    def clear_buffer(self):
-        self.input_buffer = None
-
-    def incremental_forward(self, input):
-        import torch.nn.functional as F
-
-        weight = self._get_linearized_weight()
-        kw, dilation = self.kw, self.dilation
-        bsz = input.size(0)  # input: bsz × len × dim
-        if kw > 1:
-            input = input.data
-            if self.input_buffer is None:
-                self.input_buffer = input.new(bsz, kw + (kw - 1) * (dilation - 1), input.size(2))
-                self.input_buffer.zero_()
-            else:  # shift buffer
-                self.input_buffer[:, :-1, :] = self.input_buffer[:, 1:, :].clone()
-            self.input_buffer[:, -1, :] = input[:, -1, :]  # append next input
-            input = self.input_buffer
-            if dilation > 1:
-                input = input[:, 0::dilation, :].contiguous()
-        output = F.linear(input.view(bsz, -1), weight, self.bias)
-        return output.view(bsz, 1, -1)
-
-
-class R9y9Incremental:
-    """The eager incremental loop of r9y9 wavenet_vocoder (`WaveNet.incremental_forward` with
-    `ResidualConv1dGLU._forward(is_incremental=True)`), over the weights of our `WaveNet`: one-hot input
-    through a 1×1 first conv (our embedding), per layer conv → split → (+ cond, + speaker) → tanh·σ →
-    skip / out 1×1, (x + residual)[·√0.5], Σ skips [·√(1/L)], ReLU-1×1-ReLU-1×1, softmax, sample."""
-
-    def __init__(self, model):
-        import torch
-
-        cfg = self.cfg = model.cfg
-        if getattr(cfg, "scalar_input", False) or getattr(cfg, "mol", False) or model.embed is None:
-            raise InputError("the eager-incremental baseline covers μ-law categorical models with a token "
-                             "embedding (no scalar input, mixture output or wide front end)")
-        d = lambda t: None if t is None else t.detach().float()  # noqa: E731
-        self.first_conv = _IncrementalConv1d(d(model.embed.weight).t().unsqueeze(-1), None)  # (R, Q, 1)
-        self.layers = []
-        for layer, dilation in zip(model.layers, cfg.layer_dilations):
-            w, b, cw, sw = layer.weights() if hasattr(layer, "weights") else (
-                layer.conv.weight, layer.conv.bias, None if layer.cond is None else layer.cond.weight,
-                None if layer.speaker is None else layer.speaker.weight)
-            out = getattr(layer, "out", None)
-            self.layers.append(dict(
-                conv=_IncrementalConv1d(d(w), d(b), dilation),
-                cond=None if cw is None else _IncrementalConv1d(d(cw), None),
-                speaker=None if sw is None else _IncrementalConv1d(d(sw).unsqueeze(-1), None),
-                skip=_IncrementalConv1d(d(layer.skip.weight), d(layer.skip.bias)),
-                out=None if out is None else _IncrementalConv1d(d(out.weight), d(out.bias)),
-                scale=layer.residual_scale))
-        self.last = [_IncrementalConv1d(d(model.head[1].weight), d(model.head[1].bias)),
-                     _IncrementalConv1d(d(model.head[3].weight), d(model.head[3].bias))]
-        self.speaker_embed = None if model.speaker_embed is None else d(model.speaker_embed.weight)
-        self.torch = torch
-
-    def clear_buffer(self):
-        for layer in self.layers:
-            layer["conv"].clear_buffer()
-
-    def initial_input(self, batch: int):
-        x = self.torch.zeros(batch, 1, self.cfg.quantization_channels)
-        x[:, :, self.cfg.quantization_channels // 2] = 1  # μ-law silence, as our hosts start
-        return x
-
-    def step(self, current_input, ct=None, g=None):
-        """current_input (B, 1, Q) one-hot, ct (B, 1, C), g (B, 1, E) → logits (B, Q)."""
-        torch = self.torch
-        import torch.nn.functional as F
-
-        x = self.first_conv.incremental_forward(current_input)
-        skips = 0
-        legacy = getattr(self.cfg, "legacy_skip_scale", False)
-        for i, f in enumerate(self.layers):
-            residual = x
-            x = f["conv"].incremental_forward(x)
-            a, b = x.split(x.size(-1) // 2, dim=-1)
-            if f["cond"] is not None:
-                c = f["cond"].incremental_forward(ct)
-                ca, cb = c.split(c.size(-1) // 2, dim=-1)
-                a, b = a + ca, b + cb
-            if f["speaker"] is not None:
-                gg = f["speaker"].incremental_forward(g)
-                ga, gb = gg.split(gg.size(-1) // 2, dim=-1)
-                a, b = a + ga, b + gb
-            x = torch.tanh(a) * torch.sigmoid(b)
-            s = f["skip"].incremental_forward(x)
-            if f["out"] is not None:
-                x = f["out"].incremental_forward(x)
-                x = x + residual
-                if f["scale"] != 1.0:
-                    x = x * f["scale"]
-            else:
-                x = residual
-            skips = skips + s
-            if legacy and i > 0:
-                skips = skips * math.sqrt(0.5)
-        if self.cfg.scale_skip:
-            skips = skips * math.sqrt(1.0 / len(self.layers))
-        x = skips
-        for f in self.last:
-            x = f.incremental_forward(F.relu(x))
-        return x.view(x.size(0), -1)
-
-    def sample(self, logits):
-        """softmax → OneHotCategorical sample → the next input (B, 1, Q), as r9y9 does."""
-        torch = self.torch
-        x = torch.nn.functional.softmax(logits, dim=1)
-        return torch.distributions.OneHotCategorical(x).sample().unsqueeze(1)
-
-    def speaker_input(self, speaker):
-        return None if self.speaker_embed is None else self.speaker_embed[self.torch.as_tensor(speaker)].unsqueeze(1)
+from .baseline_r9y9 import R9y9Incremental  # noqa: E402 - the baseline (its own module)
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -263,7 +134,8 @@ class BenchReport:
         for r in [r for r in self.results if r.kind == "step"]:
             ratio = self.ratio(r)
             t.add_row(str(r.batch), r.backend, r.note, f"{r.samples_per_s:,.0f}",
-                      f"{r.spread[0]:,.0f}–{r.spread[1]:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", str(r.steps),
+                      f"{r.spread[0]:,.0f}–{r.spread[1]:,.0f}", "–" if r.p50_ms is None else f"{r.p50_ms:.3f}",
+                      "–" if r.p99_ms is None else f"{r.p99_ms:.3f}", str(r.steps),
                       "" if ratio is None else f"{ratio:,.1f}×")
         out.append(t)
         scoring = [r for r in self.results if r.kind == "scoring"]
@@ -339,7 +211,7 @@ def build_target(directory: Path, layouts=("ring",), progress: Callable[[str], N
 
 def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: float = 1.0, rounds: int = 3,
               min_steps: int = 20, threads: int | None = None, layouts=("ring",), scoring: bool = True,
-              scoring_samples: int = 16384, baseline_1thread: bool = True,
+              scoring_samples: int = 16384, baseline_1thread: bool = True, package_baseline: bool = True,
               progress: Callable[[str], None] | None = None) -> BenchReport:
     """Benchmark DIR (or the built 30-layer target) → `BenchReport` (see the module doc)."""
     import torch
@@ -449,6 +321,10 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
                         torch.set_num_threads(torch_threads)
                 for name, rs in runs.items():
                     results.append(_summarise("step", name, B, rs, B, notes.get(name, "")))
+                if B == 1 and package_baseline:
+                    say("batch 1: the wavenet_vocoder package's incremental_forward")
+                    row = _package_row(cfg, seconds, rounds, min_steps, torch_threads)
+                    results += [row] if row is not None else []
         finally:
             for _, r in ort_runners.values():
                 r.deactivate()
@@ -468,6 +344,47 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+PACKAGE = "wavenet_vocoder package"
+
+
+def _package_row(cfg, seconds: float, rounds: int, min_steps: int, threads: int) -> Result | None:
+    """PyPI wavenet_vocoder's own `incremental_forward` at batch 1 (its sampler draws one stream) on a
+    random model of `cfg`'s architecture, after `make_generation_fast_()` as its synthesis.py does.
+    One call generates all samples, so only samples/s is observable (no per-step latency). None when
+    the package is not installed or cannot express `cfg` (conditioning, variants)."""
+    try:
+        import warnings
+
+        import torch
+        import wavenet_vocoder
+    except ImportError:
+        return None
+    if cfg.local or cfg.global_ or cfg.scalar_input or cfg.mol or cfg.dilations is not None:
+        return None  # the timing model is their architecture at our sizes: plain μ-law cycles only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = wavenet_vocoder.WaveNet(out_channels=cfg.quantization_channels, layers=cfg.layers, stacks=cfg.stacks,
+                                        residual_channels=cfg.residual_channels, gate_channels=cfg.gate_channels,
+                                        skip_out_channels=cfg.skip_channels, kernel_size=cfg.kernel_size).eval()
+        model.make_generation_fast_()
+        x0 = torch.zeros(1, 1, cfg.quantization_channels)
+        x0[:, :, cfg.quantization_channels // 2] = 1
+
+        def run(n: int) -> float:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.incremental_forward(initial_input=x0, T=n, tqdm=lambda it: it)
+            return time.perf_counter() - t0
+
+        torch.set_num_threads(threads)
+        per_step = run(5) / 5
+        n = max(min_steps, int(seconds / max(per_step, 1e-6)))
+        rates = [n / run(n) for _ in range(rounds)]
+    return Result("step", PACKAGE, 1, float(np.median(rates)), (min(rates), max(rates)), rates, None, None,
+                  n * rounds, None, f"PyPI wavenet_vocoder {getattr(wavenet_vocoder, '__version__', '')}, "
+                  f"make_generation_fast_(), torch default {_threads(threads)}")
 
 
 def _bench_scoring(manifest, model, batches, scoring_samples, rounds, say) -> list[Result]:

@@ -50,10 +50,15 @@ def _attrs(node) -> dict:
 
 def fuse_layers(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """The model with its layer chain fused (a new ModelProto), or None when it does not match."""
+    return try_fuse(model)[0]
+
+
+def try_fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+    """(fused model, "") or (None, the first structure that did not match)."""
     try:
-        return _fuse(model)
-    except _NoMatch:
-        return None
+        return _fuse(model), ""
+    except _NoMatch as e:
+        return None, str(e)
 
 
 def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -121,7 +121,7 @@ class OrtStepRunner(StepRunner):
     - Fused layer chain: a lowered FP32 step graph's residual layers run as one node of the
       `wn_ort_ops` custom-op library (`ort_fusion`, `ort_ops`; the file on disk is unchanged).
       `fused=None` (default) uses it when the graph matches and the library builds, else the standard
-      graph (`self.setup` says which, and why); `True` requires it; `False` never uses it.
+      graph (`self.setup` says which, `self.unfused` why); `True` requires it; `False` never uses it.
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
       reference machine a second, spinning thread gained ~12% at batch 1 and ~25% at batch ≥ 8 only
       while the other core was idle, and lost 2–2.5× at every batch size as soon as another process
@@ -141,6 +141,7 @@ class OrtStepRunner(StepRunner):
         self.sessions: dict[int, object] = {}
         self.batch = 0
         self.setup = "standard ONNX ops"
+        self.unfused = ""  # why the layer chain is not fused (fused=None, the standard graph ran)
 
     def activate(self):
         self.ort = import_ort()
@@ -148,22 +149,23 @@ class OrtStepRunner(StepRunner):
         self.session = self._session(self.threads or 1)
 
     def _fuse(self):
-        """(model bytes, op library) of the fused layer chain, or None (standard graph; see `setup`)."""
+        """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why)."""
         import onnx
 
-        from ..ort_fusion import fuse_layers
+        from ..ort_fusion import try_fuse
         from ..ort_ops import available
 
-        fused = fuse_layers(onnx.load(str(self.graph.path)))
-        why = "" if fused is not None else \
-            f"{self.graph.path.name} has no fusable layer chain (only lowered FP32 step graphs do)"
+        fused, why = try_fuse(onnx.load(str(self.graph.path)))
         lib = None
-        if fused is not None:
+        if fused is None:
+            why = (f"{self.graph.path.name} has no fusable layer chain (lowered FP32 step graphs with the ring "
+                   f"state layout have one; here: {why})")
+        else:
             lib, why = available()
         if lib is None:
             if self.fused:
                 raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
-            self.setup = f"standard ONNX ops ({why.split(': ', 1)[0]})"
+            self.unfused = why
             return None
         self.setup = "fused layer chain (wn_ort_ops)"
         return fused.SerializeToString(), str(lib)
