@@ -37,61 +37,98 @@ def session(model: onnx.ModelProto, lib: str | None):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def layers_model(w_gate, w_out, R, alpha, beta, shared_gate_in=False):
+def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=False):
     """One WaveNetLayers node; w_gate (L, P + R, 2G) holds the past-tap rows, then the current tap's."""
     L, PR, G2 = w_gate.shape
-    P = PR - R
+    P, S = PR - R, w_skip.shape[2]
     attrs = dict(alpha=list(alpha), beta=list(beta)) if L > 1 else {}
-    node = helper.make_node(OP, ["x0", "taps", "gate_in", "w_gate", "w_out"], ["h", "x"],
+    node = helper.make_node(OP, ["x0", "taps", "gate_in", "w_gate", "w_out", "w_skip", "b_skip"], ["skip", "x"],
                             domain=ort_ops.DOMAIN, **attrs)
     f = TensorProto.FLOAT
     graph = helper.make_graph(
         [node], "layers",
         [helper.make_tensor_value_info("x0", f, ["B", R]), helper.make_tensor_value_info("taps", f, ["B", L, P]),
          helper.make_tensor_value_info("gate_in", f, [L * G2] if shared_gate_in else ["B", L * G2])],
-        [helper.make_tensor_value_info("h", f, ["B", L * G2 // 2]), helper.make_tensor_value_info("x", f, ["B", L * R])],
-        [numpy_helper.from_array(w_gate, "w_gate"), numpy_helper.from_array(w_out, "w_out")])
+        [helper.make_tensor_value_info("skip", f, ["B", S]), helper.make_tensor_value_info("x", f, ["B", L * R])],
+        [numpy_helper.from_array(w, n) for w, n in ((w_gate, "w_gate"), (w_out, "w_out"), (w_skip, "w_skip"),
+                                                    (b_skip, "b_skip"))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.DOMAIN, 1)])
 
 
-def layers_reference(x0, taps, gate_in, w_gate, w_out, alpha, beta):
-    """The op's contract (plugins/ort/README.md) in float64."""
+def layers_reference(x0, taps, gate_in, w_gate, w_out, w_skip, b_skip, alpha, beta):
+    """The op's contract (plugins/ort/README.md) in float64 → (skip, x)."""
     L, _, G2 = w_gate.shape
     G = G2 // 2
     x = x0.astype(np.float64)
     gate_in = np.broadcast_to(gate_in, (x0.shape[0], L * G2)).astype(np.float64)
-    hs, xs = [], []
+    skip, xs = np.broadcast_to(b_skip.astype(np.float64), (x0.shape[0], w_skip.shape[2])).copy(), []
     for layer in range(L):
         xs.append(x)
         inputs = np.concatenate([taps[:, layer].astype(np.float64), x], axis=1)  # [past taps | x_l]
         acc = gate_in[:, layer * G2:(layer + 1) * G2] + inputs @ w_gate[layer].astype(np.float64)
         h = np.tanh(acc[:, :G]) / (1.0 + np.exp(-acc[:, G:]))
-        hs.append(h)
+        skip += h @ w_skip[layer].astype(np.float64)
         if layer + 1 < L:
             x = alpha[layer] * (h @ w_out[layer].astype(np.float64)) + beta[layer] * x
-    return np.concatenate(hs, axis=1), np.concatenate(xs, axis=1)
+    return skip, np.concatenate(xs, axis=1)
+
+
+def random_layers(rng, B, R, G, L, K, S, shared=False):
+    """Weights, attributes and inputs of a random WaveNetLayers problem."""
+    P = (K - 1) * R
+    w = dict(w_gate=(rng.standard_normal((L, P + R, 2 * G)) / np.sqrt(P + R)).astype(np.float32),
+             w_out=(rng.standard_normal((L - 1, G, R)) / np.sqrt(G)).astype(np.float32),
+             w_skip=(rng.standard_normal((L, G, S)) / np.sqrt(G)).astype(np.float32),
+             b_skip=rng.standard_normal(S).astype(np.float32))
+    alpha, beta = rng.uniform(0.5, 1.0, L - 1).astype(np.float32), rng.uniform(0.5, 1.0, L - 1).astype(np.float32)
+    feeds = {"x0": rng.standard_normal((B, R)).astype(np.float32),
+             "taps": rng.standard_normal((B, L, P)).astype(np.float32),
+             "gate_in": rng.standard_normal((L * 2 * G,) if shared else (B, L * 2 * G)).astype(np.float32)}
+    return w, alpha, beta, feeds
 
 
 # ---- the op ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("B, R, G, L, K, shared", [
-    (1, 64, 64, 30, 2, False), (64, 64, 64, 3, 2, False), (2, 6, 5, 3, 3, False), (5, 13, 20, 4, 2, True),
-    (7, 24, 16, 2, 4, False), (13, 8, 3, 5, 2, False), (6, 17, 9, 3, 3, True), (3, 4, 4, 1, 2, False)])
-def test_layers_op_matches_the_float64_contract(lib, B, R, G, L, K, shared):
-    rng = np.random.default_rng(B * 100 + R + G + L)
-    P = (K - 1) * R
-    w_gate = (rng.standard_normal((L, P + R, 2 * G)) / np.sqrt(P + R)).astype(np.float32)
-    w_out = (rng.standard_normal((L - 1, G, R)) / np.sqrt(G)).astype(np.float32)
-    alpha, beta = rng.uniform(0.5, 1.0, L - 1), rng.uniform(0.5, 1.0, L - 1)
-    x0 = rng.standard_normal((B, R)).astype(np.float32)
-    taps = rng.standard_normal((B, L, P)).astype(np.float32)
-    gate_in = rng.standard_normal((L * 2 * G,) if shared else (B, L * 2 * G)).astype(np.float32)
-    model = layers_model(w_gate, w_out, R, alpha, beta, shared_gate_in=shared)
-    h, x = session(model, lib).run(None, {"x0": x0, "taps": taps, "gate_in": gate_in})
-    want_h, want_x = layers_reference(x0, taps, gate_in, w_gate, w_out, alpha.astype(np.float32),
-                                      beta.astype(np.float32))
-    assert h.shape == want_h.shape and x.shape == want_x.shape
-    assert np.abs(h - want_h).max() < 2e-6
+@pytest.mark.parametrize("B, R, G, L, K, S, shared", [
+    (1, 64, 64, 30, 2, 256, False), (64, 64, 64, 3, 2, 32, False), (2, 6, 5, 3, 3, 7, False),
+    (5, 13, 20, 4, 2, 9, True), (7, 24, 16, 2, 4, 16, False), (13, 8, 3, 5, 2, 5, False), (6, 17, 9, 3, 3, 24, True),
+    (3, 4, 4, 1, 2, 3, False), (20, 8, 8, 3, 2, 8, False)])
+def test_layers_op_matches_the_float64_contract(lib, B, R, G, L, K, S, shared):
+    w, alpha, beta, feeds = random_layers(np.random.default_rng(B * 100 + R + G + L), B, R, G, L, K, S, shared)
+    model = layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], R, alpha, beta, shared_gate_in=shared)
+    skip, x = session(model, lib).run(None, feeds)
+    want_skip, want_x = layers_reference(feeds["x0"], feeds["taps"], feeds["gate_in"], w["w_gate"], w["w_out"],
+                                         w["w_skip"], w["b_skip"], alpha, beta)
+    assert skip.shape == want_skip.shape and x.shape == want_x.shape
+    assert np.abs(skip - want_skip).max() < 1e-5 * max(1.0, np.abs(want_skip).max())
     assert np.abs(x - want_x).max() < 1e-5 * max(1.0, np.abs(want_x).max())
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 8, 16, 17])
+def test_the_skip_helper_thread_changes_no_bit(lib, B):
+    """With the helper thread (default, batch ≤ 16) and without it the op returns identical bits, call
+    after call: each layer's skip projection has its own slot, summed in layer order."""
+    import ctypes
+
+    import time
+
+    native = ctypes.CDLL(lib)
+    native.wn_ort_ops_helped_layers.restype = ctypes.c_int64
+    w, alpha, beta, feeds = random_layers(np.random.default_rng(B), B, 16, 8, 12, 2, 24)
+    sess = session(layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], 16, alpha, beta), lib)
+    try:
+        native.wn_ort_ops_set_helper(0)
+        alone = sess.run(None, feeds)
+        native.wn_ort_ops_set_helper(1)
+        before, calls, start = native.wn_ort_ops_helped_layers(), 0, time.monotonic()
+        while calls < 200 or (B <= 16 and native.wn_ort_ops_helped_layers() == before
+                              and time.monotonic() - start < 5):
+            for a, b in zip(alone, sess.run(None, feeds)):
+                assert np.array_equal(a, b)
+            calls += 1
+        helped = native.wn_ort_ops_helped_layers() - before
+        assert helped > 0 if B <= 16 else helped == 0  # the helper took part (only up to batch 16)
+    finally:
+        native.wn_ort_ops_set_helper(1)
 
 
 def test_gate_activations_are_accurate_over_the_whole_range(lib):
@@ -101,7 +138,10 @@ def test_gate_activations_are_accurate_over_the_whole_range(lib):
                                                        7.9, 8.0, -7.9, -8.0, 9.0, 10.0, 88.0, -88.0]]).astype(np.float32)
     big = np.full_like(v, 30.0)  # σ(30) = 1 − 9e-14, tanh(30) = 1 in float32
     gate_in = np.concatenate([v, big, big, v])[None]  # layer 0: tanh(v)·σ(30); layer 1: tanh(30)·σ(v)
-    model = layers_model(np.zeros((2, 2, 2 * n), np.float32), np.zeros((1, n, 1), np.float32), 1, [1.0], [1.0])
+    eye = np.zeros((2, n, 2 * n), np.float32)  # the skip projection of layer l copies h_l into columns l·n …
+    eye[0, :, :n] = eye[1, :, n:] = np.eye(n, dtype=np.float32)
+    model = layers_model(np.zeros((2, 2, 2 * n), np.float32), np.zeros((1, n, 1), np.float32), eye,
+                         np.zeros(2 * n, np.float32), 1, [1.0], [1.0])
     h, _ = session(model, lib).run(None, {"x0": np.zeros((1, 1), np.float32), "taps": np.zeros((1, 2, 1), np.float32),
                                           "gate_in": gate_in})
     vd = v.astype(np.float64)
@@ -111,7 +151,8 @@ def test_gate_activations_are_accurate_over_the_whole_range(lib):
 
 
 def test_layers_op_reports_inconsistent_shapes(lib):
-    model = layers_model(np.zeros((3, 8, 6), np.float32), np.zeros((2, 3, 4), np.float32), 4, [1.0], [1.0])
+    model = layers_model(np.zeros((3, 8, 6), np.float32), np.zeros((2, 3, 4), np.float32),
+                         np.zeros((3, 3, 5), np.float32), np.zeros(5, np.float32), 4, [1.0], [1.0])
     with pytest.raises(Exception, match="WaveNetLayers: inconsistent shapes.*alpha/beta 1/1"):
         session(model, lib).run(None, {"x0": np.zeros((2, 4), np.float32), "taps": np.zeros((2, 3, 4), np.float32),
                                        "gate_in": np.zeros((2, 18), np.float32)})
@@ -153,6 +194,7 @@ def test_fusion_replaces_the_layer_chain_and_computes_the_same_step(exports, lib
     assert fused is not None
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count(OP) == 1 and not {"Tanh", "Sigmoid", "Split", "MatMul", "Transpose"} & set(ops)
+    assert ops.count("Gemm") + ops.count("FusedGemm") <= 4  # the head (2) and conditioning: the skip Gemm is in
     assert len(fused.graph.node) < len(lowered.graph.node) - 3 * CONFIGS[name].layers
     onnx.checker.check_model(fused)
     plain, fast = session(lowered, None), session(fused, lib)

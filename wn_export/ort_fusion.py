@@ -1,25 +1,31 @@
 """Session-time fusion of a lowered FP32 step graph's layer chain into one `wn_export.WaveNetLayers` node.
 
-`step_lowering` leaves four ONNX nodes per residual layer (two Gemms that ORT fuses with their Tanh /
-Sigmoid, the gate Mul, the residual Gemm) and a batched MatMul of the past taps that ONNX Runtime runs
-as 30 small GEMMs; at batch 1 each node costs ~1 µs of dispatch, more than its arithmetic. This pass, applied in memory when the ONNX Runtime host opens a step graph (like
-ORT's own graph optimisations; the artifact on disk stays standard ONNX for every other backend),
-replaces the whole chain by the custom op of `plugins/ort/wn_ort_ops.cc` (see its header for the
-contract):
+`step_lowering` leaves four ONNX nodes per residual layer: two Gemms that ONNX Runtime fuses with their
+Tanh / Sigmoid, the gate Mul and the residual Gemm. Around them sit a batched MatMul of the past taps,
+which ONNX Runtime runs as L small GEMMs, and the packed skip Gemm. At batch 1 each node costs ~1 µs of
+dispatch, more than its arithmetic. This pass replaces the whole chain by the custom op of
+`plugins/ort/wn_ort_ops.cc` (its contract is in plugins/ort/README.md). It runs in memory when the ONNX
+Runtime host opens a step graph, like ONNX Runtime's own graph optimisations; the artifact on disk stays
+standard ONNX for every other backend.
 
     taps → Transpose → MatMul(W_past) → Transpose → Reshape → Add(bias) [→ conditioning Gemms] → Split
     → per layer l:  Gemm(x_l, W_a,l, C_a,l) → Tanh ┐
                     Gemm(x_l, W_b,l, C_b,l) → Sigmoid ┴ Mul → h_l
                     Gemm(h_l, W_out,l, C = x_l) [α_l, β_l] → x_{l+1}      (l < L−1)
-    Concat(h_0 … h_L−1) → skip input;  Concat(x_0 … x_L−1) → state update
+    Concat(h_0 … h_L−1) → Gemm(W_skip, b_skip) → skip;  Concat(x_0 … x_L−1) → state update
       ⇒  [bias → conditioning Gemms →] WaveNetLayers(x_0, taps, gate_in, W_gate = [W_past; W_a | W_b]
-                                                     (L, P+R, 2G), W_out (L−1,G,R); α, β) → (h, x)
+              (L, P+R, 2G), W_out (L−1, G, R), W_skip (L, G, S), b_skip (S); α, β) → (skip, x)
 
-The match is strict (every intermediate consumed only inside the chain, default Gemm attributes, one
-Split of 2L equal parts, L ≥ 2, the layer inputs gathered by one Concat: the `ring` state layout; the
-`full` layout updates each layer's state separately and is not fused); anything else returns None and the standard graph is used. The weights are
-the graph's own initializers, re-packed. Only the summation order and the tanh/σ approximation change
-(fp32 rounding level, ~1e-7); parity on the `onnxruntime` backend checks the fused session.
+The match is strict, and anything else returns None so the standard graph is used. It requires:
+- every intermediate consumed only inside the chain;
+- default Gemm attributes;
+- one Split into 2L equal parts, with L ≥ 2;
+- the layer inputs gathered by one Concat. That is the `ring` state layout; the `full` layout updates
+  each layer's state separately and is not fused.
+
+The weights are the graph's own initializers, re-packed. Only the summation order and the tanh/σ
+approximation change (fp32 rounding level, ~1e-7). Parity on the `onnxruntime` backend checks the fused
+session.
 """
 
 from __future__ import annotations
@@ -175,7 +181,18 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     _need(len(x_concat) == 1, "state Concat")
     concat_x = x_concat[0]
     _need(list(concat_x.input) == xs and _attrs(concat_x).get("axis") in (1, -1), "state Concat inputs")
-    matched += [concat_h, concat_x]
+    skip_gemm = only(concat_h.output[0], "Gemm", 0)
+    _need(plain_gemm(skip_gemm) and not {"alpha", "beta"} & _attrs(skip_gemm).keys(), "skip Gemm attributes")
+    w_skip = weight(skip_gemm.input[1])
+    _need(w_skip.shape[0] == L * G, "skip weights")
+    S = w_skip.shape[1]
+    if len(skip_gemm.input) > 2 and skip_gemm.input[2]:
+        _need(skip_gemm.input[2] in inits, "skip bias is not a constant")
+        b_skip = numpy_helper.to_array(inits[skip_gemm.input[2]]).astype(np.float32)
+        _need(b_skip.size == S, "skip bias size")
+    else:
+        b_skip = np.zeros(S, np.float32)
+    matched += [concat_h, concat_x, skip_gemm]
     shapes = {w.shape for w in w_gate}
     _need(len(shapes) == 1, "layers of different widths")
     R, G2 = w_gate[0].shape
@@ -185,15 +202,17 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     prefix = "wn_fused."
     w_in = np.concatenate([w_past, np.stack(w_gate)], axis=1)  # (L, P + R, 2G): past rows, then current
     new_inits = [numpy_helper.from_array(np.ascontiguousarray(w_in), prefix + "w_gate"),
-                 numpy_helper.from_array(np.ascontiguousarray(np.stack(w_out)), prefix + "w_out")]
+                 numpy_helper.from_array(np.ascontiguousarray(np.stack(w_out)), prefix + "w_out"),
+                 numpy_helper.from_array(np.ascontiguousarray(w_skip.reshape(L, G, S)), prefix + "w_skip"),
+                 numpy_helper.from_array(b_skip.reshape(S), prefix + "b_skip")]
     if bias is None:  # no bias Add: the rest of the pre-activation starts at zero
         bias = prefix + "gate_bias"
         new_inits.append(numpy_helper.from_array(np.zeros(L * G2, np.float32), bias))
     _need(numpy_helper.to_array(inits[bias]).size == L * G2 if bias in inits else True, "gate bias size")
     gate_in = bias if user is split else split.input[0]
     fused = helper.make_node(
-        OP, [xs[0], taps, gate_in, prefix + "w_gate", prefix + "w_out"],
-        [concat_h.output[0], concat_x.output[0]], name="/wn_fused/layers", domain=DOMAIN,
+        OP, [xs[0], taps, gate_in, prefix + "w_gate", prefix + "w_out", prefix + "w_skip", prefix + "b_skip"],
+        [skip_gemm.output[0], concat_x.output[0]], name="/wn_fused/layers", domain=DOMAIN,
         alpha=alpha, beta=beta)
     gone = {id(n) for n in matched}
     out_nodes = []

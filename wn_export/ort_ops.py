@@ -30,7 +30,7 @@ from .errors import BackendError
 SOURCES = ("wn_ort_ops.cc", "sampler.cc")
 LIB_NAME = "libwn_ort_ops.so"
 DOMAIN = "wn_export"
-FLAGS = ["-O3", "-std=gnu++17", "-ffp-contract=fast", "-fPIC", "-shared", "-fvisibility=hidden"]
+FLAGS = ["-O3", "-std=gnu++17", "-ffp-contract=fast", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread"]
 NATIVE = ["-march=native"]
 
 _cache: dict[str, Path] = {}

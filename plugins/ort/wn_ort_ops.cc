@@ -2,31 +2,26 @@
 //
 // wn_export.WaveNetLayers — the residual-layer chain of a lowered FP32 step graph as one kernel.
 //
-// The lowered step graph (wn_export/step_lowering.py) spends four ONNX nodes per layer (two fused
-// Gemms, Mul, Gemm) plus a batched MatMul of the past taps; at batch 1 ORT's per-node dispatch costs
-// more than their arithmetic. This op computes the same chain in one call (wn_export/ort_fusion.py
-// rewrites the graph to use it):
-//
-//   inputs   x0        (B, R)            the first layer's input
-//            taps      (B, L, P)         every layer's past taps (P = (K−1)·R), as gathered from the state
-//            gate_in   (B, L·2G) | (L·2G)  per layer l: [C_a | C_b], the rest of the dilated convolution's
-//                                        pre-activation (biases, conditioning projections); one row is shared
-//            w_gate    (L, P+R, 2G)      per layer: [W_past; W_cur], rows for the past taps then the current
-//                                        tap, columns [filter half | gate half]
-//            w_out     (L−1, G, R)       residual 1×1 weights of layers 0 … L−2
-//   attrs    alpha, beta  (L−1 floats)   x_{l+1} = alpha_l · (h_l · W_out,l) + beta_l · x_l (Gemm α, β)
-//   outputs  h         (B, L·G)          h_l = tanh(a_l) ⊙ σ(b_l), [a_l | b_l] = C_l + [taps_l | x_l] · W_gate,l
-//            x         (B, L·R)          [x_0 | x_1 | … | x_{L−1}]: every layer's input
-//
-// Single-threaded. GEMMs are register-blocked (6 × 16 from 6 rows on, up to 1 × 64 below) with GCC/Clang
-// vector extensions; tanh and σ use the rational approximation of Eigen / MLAS (within 1e-6).
-// Built by wn_export/ort_ops.py; contract and tests: plugins/ort/README.md.
+// The lowered step graph (wn_export/step_lowering.py) spends four ONNX nodes per layer (two fused Gemms,
+// Mul, Gemm), a batched MatMul of the past taps and a packed skip Gemm; at batch 1 ONNX Runtime's
+// per-node dispatch costs more than their arithmetic. This op computes all of it in one call
+// (wn_export/ort_fusion.py rewrites the graph to use it). Contract, threading and tests:
+// plugins/ort/README.md. In short, per layer l:
+//   [a_l | b_l] = gate_in_l + [taps_l | x_l] · W_gate,l ;  h_l = tanh(a_l) ⊙ σ(b_l)
+//   x_{l+1} = alpha_l · (h_l · W_out,l) + beta_l · x_l ;   skip = b_skip + Σ_l h_l · W_skip,l
+// outputs (skip, [x_0 | … | x_{L−1}]).
 #include <onnxruntime_c_api.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -167,69 +162,247 @@ OrtStatus* input(OrtKernelContext* ctx, size_t i, const float** data, std::vecto
   return nullptr;
 }
 
+// ---- the skip helper ------------------------------------------------------------------------------
+// One process-wide helper thread computes the per-layer skip projections h_l · W_skip,l while the calling
+// thread runs the (sequential) layer chain: the two stream different weights, so on two cores the skip
+// GEMMs cost almost nothing. Layers are claimed in order through one atomic (job generation, next layer):
+// by the helper as each h_l becomes ready, by the caller for whatever is left once its chain is done. Each
+// projection goes to its own slot and the caller sums the slots in layer order, so the result does not
+// depend on which thread computed which layer (bit-identical to one thread). A helper that is descheduled
+// while it holds a layer makes the caller wait for that layer; after such a wait (> kStallNs) the caller
+// works alone for the next kSoloCalls calls. `WN_ORT_OPS_THREADS=1` disables the helper.
+struct SkipJob {
+  int64_t B, G, S;
+  const float* H;  // (B, L·G), row stride ldh
+  long ldh;
+  const float* w_skip;  // (L, G, S)
+  float* slots;         // (L, B, S)
+};
+
+void skip_layer(const SkipJob& j, int64_t l) {
+  float* slot = j.slots + l * j.B * j.S;
+  std::memset(slot, 0, j.B * j.S * sizeof(float));
+  const float* w = j.w_skip + l * j.G * j.S;
+  gemm_acc(j.B, j.G, j.S, j.H + l * j.G, j.ldh, w, j.S, slot, j.S);
+}
+
+class SkipHelper {
+ public:
+  static constexpr int64_t kSpinNs = 2'000'000;  // the helper spins this long for the next job, then sleeps
+  static constexpr int64_t kStallNs = 200'000;
+  static constexpr int kSoloCalls = 2000;
+  static constexpr int64_t kMaxBatch = 16;  // above, the two threads' GEMMs compete more than they overlap
+
+  static SkipHelper& get() {
+    static SkipHelper helper;
+    return helper;
+  }
+
+  // Runs the chain `chain(ready)` (which calls ready(l + 1) once h_l is written) and the skip projections of
+  // L layers, with the helper if it is free.
+  template <typename Chain>
+  void run(const SkipJob& job, int64_t L, Chain&& chain) {
+    if (job.B > kMaxBatch || !enabled_.load(std::memory_order_relaxed) || solo_.load(std::memory_order_relaxed) > 0 ||
+        busy_.test_and_set(std::memory_order_acquire)) {
+      if (solo_.load(std::memory_order_relaxed) > 0) solo_.fetch_sub(1, std::memory_order_relaxed);
+      chain([](int64_t) {});
+      for (int64_t l = 0; l < L; ++l) skip_layer(job, l);
+      return;
+    }
+    start();
+    job_ = job;
+    layers_ = L;
+    ready_.store(0, std::memory_order_relaxed);
+    finished_.store(0, std::memory_order_relaxed);
+    const uint64_t gen = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(gen << 32);  // publish: generation gen, next layer 0 (seq_cst: pairs with the sleep check)
+    if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_one();
+    }
+    chain([this](int64_t n) { ready_.store(n, std::memory_order_release); });
+    int64_t l;
+    while ((l = claim(gen)) >= 0) {  // what the helper has not taken
+      skip_layer(job_, l);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned spins = 0; finished_.load(std::memory_order_acquire) < L; ++spins) {
+      pause();
+      if ((spins & 1023) == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - t0).count() > kStallNs)
+        solo_.store(kSoloCalls, std::memory_order_relaxed);  // the helper was descheduled: work alone a while
+    }
+    busy_.clear(std::memory_order_release);
+  }
+
+  ~SkipHelper() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+      cv_.notify_one();
+    }
+    thread_.join();
+  }
+
+ private:
+  SkipHelper() {
+    const char* env = std::getenv("WN_ORT_OPS_THREADS");
+    enabled_.store(!(env != nullptr && std::atoi(env) == 1));
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  void start() {
+    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+  }
+
+  // Claims the next layer of job `gen` → its index, or −1 when all are taken (or the job is over).
+  int64_t claim(uint64_t gen) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < layers_) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return static_cast<int64_t>(s & 0xffffffffu);
+    }
+    return -1;
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    auto idle_since = std::chrono::steady_clock::now();
+    for (unsigned spins = 0;; ++spins) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      const uint64_t s = state_.load(std::memory_order_acquire);
+      const uint64_t gen = s >> 32;
+      if (gen != seen) {  // a new job: take layers as their h becomes ready
+        seen = gen;
+        int64_t l;
+        while ((l = claim(gen)) >= 0) {
+          while (ready_.load(std::memory_order_acquire) <= l) pause();
+          skip_layer(job_, l);
+          finished_.fetch_add(1, std::memory_order_acq_rel);
+          helped_.fetch_add(1, std::memory_order_relaxed);
+        }
+        idle_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      pause();
+      if ((spins & 1023) == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - idle_since).count() > kSpinNs) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.store(true);  // seq_cst with the state load below: a job published meanwhile is seen
+        cv_.wait(lock, [&] { return stop_.load() || (state_.load() >> 32) != seen; });
+        sleeping_.store(false);
+        idle_since = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+  friend void set_helper(bool);
+  friend int64_t helped();
+  std::atomic<int64_t> helped_{0};  // layers the helper computed (for tests)
+  std::atomic<bool> enabled_{true};
+  std::atomic<int> solo_{0};
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::atomic<uint64_t> state_{0};  // (generation << 32) | next layer to claim
+  std::atomic<int64_t> ready_{0};    // layers whose h is written
+  std::atomic<int64_t> finished_{0}; // layers whose skip projection is written
+  std::atomic<bool> stop_{false}, sleeping_{false};
+  SkipJob job_{};
+  int64_t layers_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+void set_helper(bool on) { SkipHelper::get().enabled_.store(on); }
+int64_t helped() { return SkipHelper::get().helped_.load(); }
+
 struct LayersKernel {
   std::vector<float> alpha, beta;
 
   OrtStatus* compute(OrtKernelContext* ctx) const {
-    const float *x0, *taps, *gate_in, *w_gate, *w_out;
-    std::vector<int64_t> dx, dt, dc, dg, dw;
+    const float *x0, *taps, *gate_in, *w_gate, *w_out, *w_skip, *b_skip;
+    std::vector<int64_t> dx, dt, dc, dg, dw, ds, db;
     WN_TRY(input(ctx, 0, &x0, &dx));
     WN_TRY(input(ctx, 1, &taps, &dt));
     WN_TRY(input(ctx, 2, &gate_in, &dc));
     WN_TRY(input(ctx, 3, &w_gate, &dg));
     WN_TRY(input(ctx, 4, &w_out, &dw));
-    if (dx.size() != 2 || dt.size() != 3 || (dc.size() != 1 && dc.size() != 2) || dg.size() != 3 || dw.size() != 3)
+    WN_TRY(input(ctx, 5, &w_skip, &ds));
+    WN_TRY(input(ctx, 6, &b_skip, &db));
+    if (dx.size() != 2 || dt.size() != 3 || (dc.size() != 1 && dc.size() != 2) || dg.size() != 3 || dw.size() != 3 ||
+        ds.size() != 3 || db.size() != 1)
       return error("expected x0 (B,R), taps (B,L,P), gate_in (B,L·2G) or (L·2G), w_gate (L,P+R,2G), "
-                   "w_out (L−1,G,R)");
-    const int64_t B = dx[0], R = dx[1], L = dg[0], G2 = dg[2], G = G2 / 2, P = dt[2];
+                   "w_out (L−1,G,R), w_skip (L,G,S), b_skip (S)");
+    const int64_t B = dx[0], R = dx[1], L = dg[0], G2 = dg[2], G = G2 / 2, P = dt[2], S = ds[2];
     const int64_t rows = dc.size() == 2 ? dc[0] : 1, width = dc.back();  // gate_in: per stream or shared
     auto dims = [](const std::vector<int64_t>& d) {
       std::string s = "(";
       for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
       return s + ")";
     };
-    if (dg[1] != P + R || G2 != 2 * G || L < 1 || dt[0] != B || dt[1] != L || (rows != B && rows != 1) || width != L * G2 || dw[0] != L - 1 ||
-        (L > 1 && (dw[1] != G || dw[2] != R)) || static_cast<int64_t>(alpha.size()) != L - 1 ||
-        static_cast<int64_t>(beta.size()) != L - 1)
+    if (dg[1] != P + R || G2 != 2 * G || L < 1 || dt[0] != B || dt[1] != L || (rows != B && rows != 1) ||
+        width != L * G2 || dw[0] != L - 1 || (L > 1 && (dw[1] != G || dw[2] != R)) || ds[0] != L || ds[1] != G ||
+        db[0] != S || static_cast<int64_t>(alpha.size()) != L - 1 || static_cast<int64_t>(beta.size()) != L - 1)
       return error("inconsistent shapes: x0 " + dims(dx) + ", taps " + dims(dt) + ", gate_in " + dims(dc) +
-                   ", w_gate " + dims(dg) + ", w_out " + dims(dw) + ", alpha/beta " +
-                   std::to_string(alpha.size()) + "/" + std::to_string(beta.size()));
-    const int64_t dh[2] = {B, L * G}, dxo[2] = {B, L * R};
-    OrtValue *vh = nullptr, *vx = nullptr;
-    WN_TRY(g_api->KernelContext_GetOutput(ctx, 0, dh, 2, &vh));
+                   ", w_gate " + dims(dg) + ", w_out " + dims(dw) + ", w_skip " + dims(ds) + ", b_skip " + dims(db) +
+                   ", alpha/beta " + std::to_string(alpha.size()) + "/" + std::to_string(beta.size()));
+    const int64_t dsk[2] = {B, S}, dxo[2] = {B, L * R};
+    OrtValue *vs = nullptr, *vx = nullptr;
+    WN_TRY(g_api->KernelContext_GetOutput(ctx, 0, dsk, 2, &vs));
     WN_TRY(g_api->KernelContext_GetOutput(ctx, 1, dxo, 2, &vx));
-    void *ph = nullptr, *px = nullptr;
-    WN_TRY(g_api->GetTensorMutableData(vh, &ph));
+    void *ps = nullptr, *px = nullptr;
+    WN_TRY(g_api->GetTensorMutableData(vs, &ps));
     WN_TRY(g_api->GetTensorMutableData(vx, &px));
-    float* H = static_cast<float*>(ph);  // (B, L·G)
-    float* X = static_cast<float*>(px);  // (B, L·R)
+    float* skip = static_cast<float*>(ps);  // (B, S)
+    float* X = static_cast<float*>(px);     // (B, L·R)
     if (B == 0) return nullptr;
 
     thread_local std::vector<float> scratch;
-    const int64_t KI = P + R;  // one GEMM over [past taps | x_l] · [W_past; W_gate]
-    scratch.resize(static_cast<size_t>(B * (G2 + R + KI)));
-    float* acc = scratch.data();  // (B, 2G)
-    float* res = acc + B * G2;    // (B, R)
-    float* in = res + B * R;      // (B, P + R)
+    const int64_t KI = P + R;  // one GEMM over [past taps | x_l] · W_gate,l
+    scratch.resize(static_cast<size_t>(B * (G2 + R + KI + L * G) + L * B * S));
+    float* acc = scratch.data();   // (B, 2G)
+    float* res = acc + B * G2;     // (B, R)
+    float* in = res + B * R;       // (B, P + R)
+    float* H = in + B * KI;        // (B, L·G): every layer's h
+    float* slots = H + B * L * G;  // (L, B, S): every layer's skip projection
     const long ldh = L * G, ldx = L * R, ldt = L * P, ldc = rows == 1 ? 0 : L * G2;
-    for (int64_t b = 0; b < B; ++b) std::memcpy(X + b * ldx, x0 + b * R, R * sizeof(float));
-    for (int64_t l = 0; l < L; ++l) {
-      const float* x = X + l * R;  // x_l rows, stride ldx
-      for (int64_t b = 0; b < B; ++b) {
-        std::memcpy(acc + b * G2, gate_in + b * ldc + l * G2, G2 * sizeof(float));
-        std::memcpy(in + b * KI, taps + b * ldt + l * P, P * sizeof(float));
-        std::memcpy(in + b * KI + P, x + b * ldx, R * sizeof(float));
+
+    auto chain = [&](auto&& ready) {
+      for (int64_t b = 0; b < B; ++b) std::memcpy(X + b * ldx, x0 + b * R, R * sizeof(float));
+      for (int64_t l = 0; l < L; ++l) {
+        const float* x = X + l * R;  // x_l rows, stride ldx
+        for (int64_t b = 0; b < B; ++b) {
+          std::memcpy(acc + b * G2, gate_in + b * ldc + l * G2, G2 * sizeof(float));
+          std::memcpy(in + b * KI, taps + b * ldt + l * P, P * sizeof(float));
+          std::memcpy(in + b * KI + P, x + b * ldx, R * sizeof(float));
+        }
+        gemm_acc(B, KI, G2, in, KI, w_gate + l * KI * G2, G2, acc, G2);
+        float* h = H + l * G;
+        for (int64_t b = 0; b < B; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
+        ready(l + 1);
+        if (l + 1 == L) break;
+        std::memset(res, 0, B * R * sizeof(float));
+        gemm_acc(B, G, R, h, ldh, w_out + l * G * R, R, res, R);
+        const float a = alpha[l], be = beta[l];
+        float* xn = X + (l + 1) * R;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < R; ++j) xn[b * ldx + j] = a * res[b * R + j] + be * x[b * ldx + j];
       }
-      gemm_acc(B, KI, G2, in, KI, w_gate + l * KI * G2, G2, acc, G2);
-      float* h = H + l * G;
-      for (int64_t b = 0; b < B; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
-      if (l + 1 == L) break;
-      std::memset(res, 0, B * R * sizeof(float));
-      gemm_acc(B, G, R, h, ldh, w_out + l * G * R, R, res, R);
-      const float a = alpha[l], be = beta[l];
-      float* xn = X + (l + 1) * R;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < R; ++j) xn[b * ldx + j] = a * res[b * R + j] + be * x[b * ldx + j];
+    };
+    SkipHelper::get().run(SkipJob{B, G, S, H, ldh, w_skip, slots}, L, chain);
+    for (int64_t b = 0; b < B; ++b) {  // skip = b_skip + Σ_l slot_l, in layer order
+      float* out = skip + b * S;
+      std::memcpy(out, b_skip, S * sizeof(float));
+      for (int64_t l = 0; l < L; ++l) {
+        const float* slot = slots + (l * B + b) * S;
+        for (int64_t j = 0; j < S; ++j) out[j] += slot[j];
+      }
     }
     return nullptr;
   }
@@ -255,7 +428,7 @@ struct LayersOp : OrtCustomOp {
     GetName = [](const OrtCustomOp*) { return "WaveNetLayers"; };
     GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
     GetInputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
-    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 5; };
+    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 7; };
     GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
     GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 2; };
     GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
@@ -302,6 +475,10 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   return g_api->AddCustomOpDomain(options, domain);  // the session options keep the domain alive
 }
 
-// The op library's version: wn_export checks it against the source it compiled.
-__attribute__((visibility("default"))) int wn_ort_ops_abi() { return 1; }
+// Enables (1) or disables (0) the skip helper thread for the following calls (WN_ORT_OPS_THREADS=1 sets
+// the initial state to disabled).
+__attribute__((visibility("default"))) void wn_ort_ops_set_helper(int enabled) { set_helper(enabled != 0); }
+
+// How many layers' skip projections the helper thread has computed in this process.
+__attribute__((visibility("default"))) int64_t wn_ort_ops_helped_layers() { return helped(); }
 }

@@ -119,7 +119,9 @@ class OrtStepRunner(StepRunner):
     - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
       so nothing is rebound.
     - Fused layer chain: a lowered FP32 step graph's residual layers run as one node of the
-      `wn_ort_ops` custom-op library (`ort_fusion`, `ort_ops`; the file on disk is unchanged).
+      `wn_ort_ops` custom-op library (`ort_fusion`, `ort_ops`; the file on disk is unchanged). Up to
+      batch 16 the op computes the skip projections on a helper thread while the chain runs
+      (plugins/ort/README.md; `WN_ORT_OPS_THREADS=1` turns it off).
       `fused=None` (default) uses it when the graph matches and the library builds, else the standard
       graph (`self.setup` says which, `self.unfused` why); `True` requires it; `False` never uses it.
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
@@ -167,7 +169,7 @@ class OrtStepRunner(StepRunner):
                 raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
             self.unfused = why
             return None
-        self.setup = "fused layer chain (wn_ort_ops)"
+        self.setup = "fused layer chain (wn_ort_ops, skip helper thread at batch ≤ 16)"
         return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
