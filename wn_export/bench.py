@@ -344,7 +344,8 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
             results += _bench_scoring(manifest, model, batches, scoring_samples, rounds, say)
         settings = {"batches": batches, "seconds": seconds, "rounds": rounds, "min_steps": min_steps,
                     "threads": threads, "layouts": list(dirs), "scoring_samples": scoring_samples,
-                    "sampling": "inverse CDF, temperature 1 (baseline: softmax + OneHotCategorical)"}
+                    "sampling": "inverse CDF, temperature 1 (baseline: softmax, then r9y9's np.random.choice at batch 1 "
+                                "and OneHotCategorical above)"}
         desc = (f"{cfg.layers} layers ({cfg.stacks} cycles of 1…{max(cfg.layer_dilations)}), residual "
                 f"{cfg.residual_channels}, gate {cfg.gate_channels}, skip {cfg.skip_channels}, K={cfg.kernel_size}, "
                 f"{Q} classes, receptive field {cfg.receptive_field}, {model.parameter_count():,} parameters")
