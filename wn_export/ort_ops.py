@@ -71,9 +71,9 @@ def _compile(cxx: str, srcs: list[Path], flags: list[str], out: Path) -> None:
     cmd = [cxx, *flags, f"-I{include}", *map(str, srcs), "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        detail = (r.stderr or r.stdout).strip().splitlines()
-        raise BackendError(f"compiling {LIB_NAME} failed ({' '.join(cmd)}): "
-                           f"{detail[0] if detail else 'exit ' + str(r.returncode)}")
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        detail = next((line for line in lines if "error" in line), lines[0] if lines else f"exit {r.returncode}")
+        raise BackendError(f"compiling {LIB_NAME} failed ({' '.join(cmd)}): {detail}")
 
 
 def library(progress=None) -> Path:
