@@ -228,9 +228,9 @@ def test_fusion_declines_graphs_it_does_not_know(exports):
 def test_runner_uses_the_fused_chain_where_it_applies(exports, lib):
     manifest = read_manifest(exports["k2", "ring"])
     with OrtStepRunner(manifest) as runner:
-        assert runner.setup.startswith("fused")
+        assert runner.setup.startswith("fused") and runner.is_fused
     with OrtStepRunner(manifest, fused=False) as runner:
-        assert runner.setup == "standard ONNX ops"
+        assert runner.setup == "standard ONNX ops" and not runner.is_fused
     with OrtStepRunner(manifest, "step.fp16") as runner:
         assert runner.setup == "standard ONNX ops"
         assert runner.unfused.startswith("step.fp16.onnx has no fusable layer chain")

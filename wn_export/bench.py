@@ -275,7 +275,7 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
             runner = OrtStepRunner(read_manifest(d), threads=threads)
             runner.activate()
             ort_runners["onnxruntime" if layout == main_layout else f"onnxruntime ({layout})"] = (layout, runner)
-            if layout == main_layout and runner.setup.startswith("fused"):  # the same graph, standard ops
+            if layout == main_layout and runner.is_fused:  # the same graph, standard ops
                 plain = OrtStepRunner(read_manifest(d), threads=threads, fused=False)
                 plain.activate()
                 ort_runners["onnxruntime (standard ops)"] = (layout, plain)

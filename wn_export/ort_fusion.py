@@ -30,13 +30,12 @@ session.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .ort_ops import DOMAIN
+from .step_lowering import GraphIndex
 
 OP = "WaveNetLayers"
 
@@ -69,12 +68,9 @@ def try_fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
 
 def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
-    nodes = list(g.node)
-    inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = defaultdict(list)
-    for n in nodes:
-        for i in n.input:
-            consumers[i].append(n)
+    t = GraphIndex(model)
+    nodes, consumers, producer, values = t.nodes, t.consumers, t.producer, t.values
+    inits = {i.name for i in g.initializer}  # weights must be initializers (values also holds Constant outputs)
     graph_outputs = {o.name for o in g.output}
 
     def only(name, op, slot=None):
@@ -87,7 +83,7 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
 
     def weight(name, shape=None):
         _need(name in inits, f"{name} is not an initializer")
-        w = numpy_helper.to_array(inits[name])
+        w = values[name]
         _need(w.dtype == np.float32 and w.ndim == 2 and (shape is None or w.shape == shape), f"{name} {w.shape}")
         return w
 
@@ -102,14 +98,13 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     L = len(split.output) // 2
     _need(len(split.output) == 2 * L and L >= 2 and _attrs(split).get("axis", 0) in (1, -1), "split layout")
     _need(len(split.input) == 2 and split.input[1] in inits, "split sizes are not a constant")
-    sizes = numpy_helper.to_array(inits[split.input[1]])
+    sizes = values[split.input[1]]
     G = int(sizes[0])
     _need(np.all(sizes == G) and G > 0, "unequal split")
 
     # the past taps of every layer: Transpose → batched MatMul → Transpose → Reshape (→ Add bias), then
     # optional conditioning Gemms chained through C, into the Split. The op takes the taps and W_past;
     # what remains (bias, conditioning) becomes its gate_in.
-    producer = {o: n for n in nodes for o in n.output}
     user, slot, cur = split, 0, split.input[0]
     while cur in producer and producer[cur].op_type == "Gemm" and len(producer[cur].input) == 3:
         user, slot, cur = producer[cur], 2, producer[cur].input[2]
@@ -133,7 +128,7 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in (node, tr6, mm, tr4):
         _need(len(consumers[n.output[0]]) == 1 and n.output[0] not in graph_outputs, f"{n.name} consumers")
     prefix_nodes += [node, tr6, mm, tr4]
-    w_past = numpy_helper.to_array(inits[mm.input[1]])
+    w_past = values[mm.input[1]]
     taps = tr4.input[0]
 
     matched = [split, *prefix_nodes]
@@ -188,7 +183,7 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     S = w_skip.shape[1]
     if len(skip_gemm.input) > 2 and skip_gemm.input[2]:
         _need(skip_gemm.input[2] in inits, "skip bias is not a constant")
-        b_skip = numpy_helper.to_array(inits[skip_gemm.input[2]]).astype(np.float32)
+        b_skip = values[skip_gemm.input[2]].astype(np.float32)
         _need(b_skip.size == S, "skip bias size")
     else:
         b_skip = np.zeros(S, np.float32)
@@ -205,10 +200,10 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
                  numpy_helper.from_array(np.ascontiguousarray(np.stack(w_out)), prefix + "w_out"),
                  numpy_helper.from_array(np.ascontiguousarray(w_skip.reshape(L, G, S)), prefix + "w_skip"),
                  numpy_helper.from_array(b_skip.reshape(S), prefix + "b_skip")]
+    _need(bias is None or values[bias].size == L * G2, "gate bias size")
     if bias is None:  # no bias Add: the rest of the pre-activation starts at zero
         bias = prefix + "gate_bias"
         new_inits.append(numpy_helper.from_array(np.zeros(L * G2, np.float32), bias))
-    _need(numpy_helper.to_array(inits[bias]).size == L * G2 if bias in inits else True, "gate bias size")
     gate_in = bias if user is split else split.input[0]
     fused = helper.make_node(
         OP, [xs[0], taps, gate_in, prefix + "w_gate", prefix + "w_out", prefix + "w_skip", prefix + "b_skip"],

@@ -22,8 +22,9 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+
+from reference_model.checkpoint import atomic_write_bytes
 
 from .errors import BackendError
 
@@ -93,18 +94,11 @@ def library(progress=None) -> Path:
         if not target.is_file():
             if progress:
                 progress(f"compiling {LIB_NAME} from plugins/ort (once per machine)")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{LIB_NAME}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
             try:
-                _compile(cxx, srcs, flags, Path(tmp))
-                os.chmod(tmp, 0o755)
-                os.replace(tmp, target)
+                atomic_write_bytes(target, lambda tmp: _compile(cxx, srcs, flags, Path(tmp)))
             except BackendError as e:
                 last_error = e
                 continue
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         _cache[str(srcs[0])] = target
         return target
     raise last_error

@@ -54,8 +54,9 @@ def _fail(msg: str):
     raise UnsupportedGraph(msg)
 
 
-class _Traced:
-    """Index of a traced graph: producers, consumers, constant values, and which nodes were matched."""
+class GraphIndex:
+    """Index of an ONNX graph: producers, consumers, constant values (initializers and Constant nodes), and
+    which nodes a matcher has taken (used by this lowering and by `ort_fusion`)."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -121,7 +122,7 @@ def _is_time_axis(axis) -> bool:
     return axis in (2, -1)
 
 
-def _conv(t: _Traced, n, kernel: int, dilation: int | None = None):
+def _conv(t: GraphIndex, n, kernel: int, dilation: int | None = None):
     """A Conv1d node's (weight (O, I, K), bias or None), checking the attributes the lowering assumes."""
     a = t.attrs(n)
     if a.get("group", 1) != 1 or list(a.get("strides", [1])) != [1] or any(a.get("pads", [0, 0])):
@@ -135,20 +136,20 @@ def _conv(t: _Traced, n, kernel: int, dilation: int | None = None):
     return w.astype(np.float32), None if b is None else b.astype(np.float32)
 
 
-def _split_sizes(t: _Traced, n) -> list[int]:
+def _split_sizes(t: GraphIndex, n) -> list[int]:
     if len(n.input) > 1 and n.input[1]:
         return [int(v) for v in t.const(n.input[1])]
     return [int(v) for v in t.attrs(n).get("split", [])]
 
 
-def _slice(t: _Traced, n) -> tuple[int, int, int, int]:
+def _slice(t: GraphIndex, n) -> tuple[int, int, int, int]:
     starts, ends = (int(t.const(n.input[i])[0]) for i in (1, 2))
     axes = int(t.const(n.input[3])[0]) if len(n.input) > 3 and n.input[3] else 0
     steps = int(t.const(n.input[4])[0]) if len(n.input) > 4 and n.input[4] else 1
     return starts, ends, axes, steps
 
 
-def _scalar(t: _Traced, mul) -> tuple[str, float] | None:
+def _scalar(t: GraphIndex, mul) -> tuple[str, float] | None:
     """Mul(x, scalar constant) → (x, scalar); None when it is not one."""
     for i, j in ((0, 1), (1, 0)):
         v = t.values.get(mul.input[j])
@@ -170,7 +171,7 @@ class _Layer:
 
 
 def _match(model: onnx.ModelProto, spec, cfg) -> dict:
-    t = _Traced(model)
+    t = GraphIndex(model)
     L, K, H = cfg.layers, cfg.kernel_size, cfg.gate_channels // 2
     ring = spec.layout == "ring"
     names = {s.role: s.name for s in spec.inputs if s.role in ("token", "cond", "speaker", "position")}
@@ -418,7 +419,7 @@ def _emit(model: onnx.ModelProto, plan: dict, spec, cfg) -> onnx.ModelProto:
     # Past taps of every layer: (B, L, (K−1)·R), tap-major then channel (the conv weight's layout).
     if ring:
         idx_out, idx_nodes = plan["index"]
-        t = _Traced(model)
+        t = GraphIndex(model)
         for n in idx_nodes:
             for i in n.input:
                 if i in t.values and all(i != init.name for init in b.inits):

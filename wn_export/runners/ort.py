@@ -144,11 +144,17 @@ class OrtStepRunner(StepRunner):
         self.batch = 0
         self.setup = "standard ONNX ops"
         self.unfused = ""  # why the layer chain is not fused (fused=None, the standard graph ran)
+        self._fusion = None  # (model bytes, op library) of the fused session
 
     def activate(self):
         self.ort = import_ort()
         self._fusion = self._fuse() if self.fused is not False else None
         self.session = self._session(self.threads or 1)
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether the active session runs the fused layer chain."""
+        return self._fusion is not None
 
     def _fuse(self):
         """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why)."""
