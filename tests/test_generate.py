@@ -73,6 +73,23 @@ def test_sampler_is_bit_identical_to_reference_draw(batch, classes, temperature)
     assert np.array_equal(greedy(logits, None), draw(logits, "greedy"))
 
 
+@pytest.mark.parametrize("native", [None, False])
+@pytest.mark.parametrize("batch, temperature", [(1, 1.0), (3, 0.8)])
+def test_bound_sampler_draws_the_reference_tokens(native, batch, temperature):
+    """`Sampler.bind` (the step loop's form) gives the reference tokens for every step of a chunk, from
+    the bound logits buffer (native: through precomputed pointers) and from any other array."""
+    rng = np.random.default_rng(batch)
+    classes, steps = 64, 50
+    u = uniforms(3, steps, batch)[:, :, None]
+    buffer = np.zeros((batch, classes), np.float32)
+    sample = Sampler(batch, classes, "sample", temperature, native=native).bind(buffer, u)
+    for i in range(steps):
+        buffer[...] = rng.standard_normal((batch, classes)) * 3
+        other = (rng.standard_normal((batch, classes)) * 3).astype(np.float32)
+        for logits in (buffer, other):
+            assert np.array_equal(sample(logits, i), draw(logits, "sample", u[i, :, 0], temperature)), i
+
+
 def test_sampler_accepts_float64_logits_of_the_reference_runner():
     rng = np.random.default_rng(5)
     logits, u = rng.standard_normal((2, 40)), rng.random(2)
@@ -200,14 +217,15 @@ def test_lowering_covers_the_variants_it_knows_and_keeps_the_others_traced(tmp_p
 
 
 # ---- the ring writer ----------------------------------------------------------------------------
-@pytest.mark.parametrize("table_limit", [1 << 20, 0])
+@pytest.mark.parametrize("table_limit", [1 << 20, 100, 0])
 def test_ring_writer_matches_the_manifest_rule(table_limit):
     rings = [{"offset": 0, "length": 1}, {"offset": 1, "length": 4}, {"offset": 5, "length": 3},
              {"offset": 8, "length": 6}]
     B, R = 3, 5
     state, update = np.zeros((B, 14, R), np.float32), np.zeros((B, 4, R), np.float32)
     ring, want = _Ring(state, update, rings, table_limit), np.zeros_like(state)
-    assert bool(ring.period) == bool(table_limit)
+    # period 12: 48 entries per table, 144 with every stream's rows
+    assert bool(ring.period) == bool(table_limit) and (ring.full is not None) == (table_limit > 144)
     rng = np.random.default_rng(0)
     for position in range(50):
         update[...] = rng.standard_normal(update.shape)

@@ -1,5 +1,5 @@
-"""The native ONNX Runtime host library (plugins/ort): the fused `WaveNetLayers` op against a float64
-reference, the session-time fusion of lowered step graphs, the native sampler, and the build's errors.
+"""The native ONNX Runtime host library (plugins/ort): the fused `WaveNetLayers` and `WaveNetHead` ops
+against float64 references, the session-time fusion of lowered step graphs, the native sampler, and the build's errors.
 
 Speed lives in `wn-export bench` (rows `onnxruntime` vs `onnxruntime (standard ops)`).
 """
@@ -20,7 +20,7 @@ from wn_export.errors import BackendError
 from wn_export.export import export_directory
 from wn_export.host import Sampler
 from wn_export.manifest import read_manifest
-from wn_export.ort_fusion import OP, fuse_layers
+from wn_export.ort_fusion import HEAD_OP, OP, fuse_layers, pack_panels
 from wn_export.runners.ort import OrtStepRunner
 
 
@@ -38,7 +38,8 @@ def session(model: onnx.ModelProto, lib: str | None):
 
 
 def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=False):
-    """One WaveNetLayers node; w_gate (L, P + R, 2G) holds the past-tap rows, then the current tap's."""
+    """One WaveNetLayers node; w_gate (L, P + R, 2G) holds the past-tap rows, then the current tap's.
+    The weights are given as matrices and stored packed, as the op takes them."""
     L, PR, G2 = w_gate.shape
     P, S = PR - R, w_skip.shape[2]
     attrs = dict(alpha=list(alpha), beta=list(beta)) if L > 1 else {}
@@ -50,8 +51,8 @@ def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=F
         [helper.make_tensor_value_info("x0", f, ["B", R]), helper.make_tensor_value_info("taps", f, ["B", L, P]),
          helper.make_tensor_value_info("gate_in", f, [L * G2] if shared_gate_in else ["B", L * G2])],
         [helper.make_tensor_value_info("skip", f, ["B", S]), helper.make_tensor_value_info("x", f, ["B", L * R])],
-        [numpy_helper.from_array(w, n) for w, n in ((w_gate, "w_gate"), (w_out, "w_out"), (w_skip, "w_skip"),
-                                                    (b_skip, "b_skip"))])
+        [numpy_helper.from_array(w, n) for w, n in ((pack_panels(w_gate), "w_gate"), (pack_panels(w_out), "w_out"),
+                                                    (pack_panels(w_skip), "w_skip"), (b_skip, "b_skip"))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.DOMAIN, 1)])
 
 
@@ -103,31 +104,37 @@ def test_layers_op_matches_the_float64_contract(lib, B, R, G, L, K, S, shared):
     assert np.abs(x - want_x).max() < 1e-5 * max(1.0, np.abs(want_x).max())
 
 
+@pytest.mark.parametrize("op", [OP, HEAD_OP])
 @pytest.mark.parametrize("B", [1, 2, 3, 8, 16, 17])
-def test_the_skip_helper_thread_changes_no_bit(lib, B):
-    """With the helper thread (default, batch ≤ 16) and without it the op returns identical bits, call
-    after call: each layer's skip projection has its own slot, summed in layer order."""
+def test_the_helper_thread_changes_no_bit(lib, B, op):
+    """With the helper thread (default, batch ≤ 16) and without it the ops return identical bits, call
+    after call: each layer's skip projection has its own slot, summed in layer order; each head column
+    is computed by the same code on either thread."""
     import ctypes
 
     import time
 
     native = ctypes.CDLL(lib)
-    native.wn_ort_ops_helped_layers.restype = ctypes.c_int64
+    native.wn_ort_ops_helped_tasks.restype = ctypes.c_int64
     rng = np.random.default_rng(B)
-    w, alpha, beta, _ = random_layers(rng, B, 16, 8, 12, 2, 24)
-    sess = session(layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], 16, alpha, beta), lib)
-    problems = [random_layers(rng, B, 16, 8, 12, 2, 24)[3] for _ in range(7)]  # different inputs each call
+    if op == OP:
+        w, alpha, beta, _ = random_layers(rng, B, 16, 8, 12, 2, 24)
+        sess = session(layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], 16, alpha, beta), lib)
+        problems = [random_layers(rng, B, 16, 8, 12, 2, 24)[3] for _ in range(7)]  # different inputs each call
+    else:
+        sess = session(head_model(*random_head(rng, 24, 40, 33)), lib)
+        problems = [{"skip": rng.standard_normal((B, 24)).astype(np.float32)} for _ in range(7)]
     try:
         native.wn_ort_ops_set_helper(0)
         alone = [sess.run(None, feeds) for feeds in problems]
         native.wn_ort_ops_set_helper(1)
-        before, calls, start = native.wn_ort_ops_helped_layers(), 0, time.monotonic()
-        while calls < 200 or (B <= 16 and native.wn_ort_ops_helped_layers() == before
+        before, calls, start = native.wn_ort_ops_helped_tasks(), 0, time.monotonic()
+        while calls < 200 or (B <= 16 and native.wn_ort_ops_helped_tasks() == before
                               and time.monotonic() - start < 5):
             for a, b in zip(alone[calls % 7], sess.run(None, problems[calls % 7])):
                 assert np.array_equal(a, b)
             calls += 1
-        helped = native.wn_ort_ops_helped_layers() - before
+        helped = native.wn_ort_ops_helped_tasks() - before
         assert helped > 0 if B <= 16 else helped == 0  # the helper took part (only up to batch 16)
     finally:
         native.wn_ort_ops_set_helper(1)
@@ -158,6 +165,42 @@ def test_layers_op_reports_inconsistent_shapes(lib):
     with pytest.raises(Exception, match="WaveNetLayers: inconsistent shapes.*alpha/beta 1/1"):
         session(model, lib).run(None, {"x0": np.zeros((2, 4), np.float32), "taps": np.zeros((2, 3, 4), np.float32),
                                        "gate_in": np.zeros((2, 18), np.float32)})
+
+
+def head_model(w1, b1, w2, b2):
+    """One WaveNetHead node over matrices w1 (S, H), w2 (H, Q), stored packed."""
+    f = TensorProto.FLOAT
+    node = helper.make_node(HEAD_OP, ["skip", "w1", "b1", "w2", "b2"], ["out"], domain=ort_ops.DOMAIN)
+    graph = helper.make_graph(
+        [node], "head", [helper.make_tensor_value_info("skip", f, ["B", "S"])],
+        [helper.make_tensor_value_info("out", f, ["B", w2.shape[1]])],
+        [numpy_helper.from_array(pack_panels(w1), "w1"), numpy_helper.from_array(b1, "b1"),
+         numpy_helper.from_array(pack_panels(w2), "w2"), numpy_helper.from_array(b2, "b2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.DOMAIN, 1)])
+
+
+def random_head(rng, S, H, Q):
+    return [(rng.standard_normal(shape) / np.sqrt(shape[0] if len(shape) == 2 else 1)).astype(np.float32)
+            for shape in ((S, H), (H,), (H, Q), (Q,))]
+
+
+@pytest.mark.parametrize("B, S, H, Q", [(1, 256, 256, 256), (3, 7, 5, 9), (16, 40, 33, 17), (17, 64, 48, 256),
+                                        (70, 24, 16, 10), (2, 5, 1, 3)])
+def test_head_op_matches_the_float64_contract(lib, B, S, H, Q):
+    rng = np.random.default_rng(B + S + H + Q)
+    w1, b1, w2, b2 = random_head(rng, S, H, Q)
+    skip = rng.standard_normal((B, S)).astype(np.float32)
+    (out,) = session(head_model(w1, b1, w2, b2), lib).run(None, {"skip": skip})
+    f = lambda a: a.astype(np.float64)  # noqa: E731
+    want = np.maximum(np.maximum(f(skip), 0) @ f(w1) + f(b1), 0) @ f(w2) + f(b2)
+    assert out.shape == (B, Q)
+    assert np.abs(out - want).max() < 1e-5 * max(1.0, np.abs(want).max())
+
+
+def test_head_op_reports_inconsistent_shapes(lib):
+    w1, b1, w2, b2 = random_head(np.random.default_rng(0), 8, 6, 4)
+    with pytest.raises(Exception, match=r"WaveNetHead: inconsistent shapes.*got \(2,9\)"):
+        session(head_model(w1, b1, w2, b2), lib).run(None, {"skip": np.zeros((2, 9), np.float32)})
 
 
 # ---- the fusion ----------------------------------------------------------------------------------
@@ -195,8 +238,9 @@ def test_fusion_replaces_the_layer_chain_and_computes_the_same_step(exports, lib
     fused = fuse_layers(lowered)
     assert fused is not None
     ops = [n.op_type for n in fused.graph.node]
-    assert ops.count(OP) == 1 and not {"Tanh", "Sigmoid", "Split", "MatMul", "Transpose"} & set(ops)
-    assert ops.count("Gemm") + ops.count("FusedGemm") <= 4  # the head (2) and conditioning: the skip Gemm is in
+    assert ops.count(OP) == 1 and ops.count(HEAD_OP) == 1
+    assert not {"Tanh", "Sigmoid", "Split", "MatMul", "Transpose", "Relu"} & set(ops)
+    assert ops.count("Gemm") <= 2  # conditioning only: the skip and head Gemms are in the ops
     assert len(fused.graph.node) < len(lowered.graph.node) - 3 * CONFIGS[name].layers
     onnx.checker.check_model(fused)
     plain, fast = session(lowered, None), session(fused, lib)

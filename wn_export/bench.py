@@ -285,13 +285,14 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
                 u = uniforms(0, 4096, B)[:, :, None]
                 sampler = Sampler(B, Q, "sample", 1.0)
 
-                def host_loop(runner):  # our hosts: runner step + the host's sampler
+                def host_loop(runner):  # our hosts: runner step + the host's sampler, as Generator runs them
                     runner.reset(B, spk)
+                    draw = sampler.bind(getattr(runner, "logits", None), u)
                     state = {"token": np.full(B, Q // 2, np.int64), "t": 0}
 
                     def one():
                         t = state["t"]
-                        state["token"] = sampler(runner.step(state["token"], cond), u[t & 4095])
+                        state["token"] = draw(runner.step(state["token"], cond), t & 4095)
                         state["t"] = t + 1
                     return one
 

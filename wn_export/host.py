@@ -69,6 +69,29 @@ class Sampler:
                 library()  # raises the reason
         self._tokens_ptr = self.tokens.ctypes.data
 
+    def bind(self, logits: np.ndarray | None, u: np.ndarray | None) -> Callable[[np.ndarray, int], np.ndarray]:
+        """A `draw(step_logits, i)` for a step loop: the same tokens as `self(step_logits, u[i])`, where u
+        holds a chunk's uniforms (steps, batch, 1) (None for greedy). When the step returns `logits`
+        itself (the ONNX Runtime runner's bound output buffer; None if the runner has none), the native
+        sampler is called with pointers computed once here: taking an array's address costs more than
+        drawing from 256 classes."""
+        native = self._native
+        B, Q = self.tokens.shape[0], self.classes
+        if native is None or self.method != "sample" or u is None or not isinstance(logits, np.ndarray) \
+                or logits.dtype != np.float32 \
+                or not logits.flags.c_contiguous or logits.shape != (B, Q) or u.dtype != np.float64 \
+                or not u.flags.c_contiguous or u.shape[1:] != (B, 1):
+            return lambda step_logits, i: self(step_logits, None if u is None else u[i])
+        lp, base, stride, T, tp = logits.ctypes.data, u.ctypes.data, u.strides[0], self.temperature, self._tokens_ptr
+        out, n = self.tokens, u.shape[0]
+
+        def draw(step_logits: np.ndarray, i: int) -> np.ndarray:
+            if step_logits is not logits or not 0 <= i < n:
+                return self(step_logits, u[i])
+            native(lp, B, Q, base + i * stride, T, tp)
+            return out
+        return draw
+
     def __call__(self, logits: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         """logits (batch, Q), u (batch, 1) float64 uniforms (ignored by greedy) → tokens (batch,)."""
         out = self.tokens
@@ -313,10 +336,11 @@ class Generator:
         while done < n:
             size = min(req.chunk, n - done)
             u = uniforms(req.seed, size, B, start=done)[:, :, None] if req.method == "sample" else None
+            draw = sampler.bind(getattr(runner, "logits", None), u)
             rows = np.empty((size, B), dtype=np.int64)
             for i in range(size):
                 logits = step(token, None if cond is None else cond[:, :, done + i])
-                token = sampler(logits, None if u is None else u[i])
+                token = draw(logits, i)
                 rows[i] = token
             done += size
             if progress:

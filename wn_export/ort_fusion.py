@@ -1,4 +1,5 @@
-"""Session-time fusion of a lowered FP32 step graph's layer chain into one `wn_export.WaveNetLayers` node.
+"""Session-time fusion of a lowered FP32 step graph's layer chain into one `wn_export.WaveNetLayers` node,
+and of its output head into one `wn_export.WaveNetHead` node.
 
 `step_lowering` leaves four ONNX nodes per residual layer: two Gemms that ONNX Runtime fuses with their
 Tanh / Sigmoid, the gate Mul and the residual Gemm. Around them sit a batched MatMul of the past taps,
@@ -15,6 +16,9 @@ standard ONNX for every other backend.
     Concat(h_0 … h_L−1) → Gemm(W_skip, b_skip) → skip;  Concat(x_0 … x_L−1) → state update
       ⇒  [bias → conditioning Gemms →] WaveNetLayers(x_0, taps, gate_in, W_gate = [W_past; W_a | W_b]
               (L, P+R, 2G), W_out (L−1, G, R), W_skip (L, G, S), b_skip (S); α, β) → (skip, x)
+         with the three weight tensors stored packed in 16-column panels (`pack_panels`)
+    skip [→ Mul(scalar), folded into W_skip, b_skip] → Relu → Gemm(W1, b1) → Relu → Gemm(W2, b2) → logits
+      ⇒  WaveNetHead(skip, W1, b1, W2, b2), weights packed; a head of another form stays standard ops
 
 The match is strict, and anything else returns None so the standard graph is used. It requires:
 - every intermediate consumed only inside the chain;
@@ -23,8 +27,8 @@ The match is strict, and anything else returns None so the standard graph is use
 - the layer inputs gathered by one Concat. That is the `ring` state layout; the `full` layout updates
   each layer's state separately and is not fused.
 
-The weights are the graph's own initializers, re-packed. Only the summation order and the tanh/σ
-approximation change (fp32 rounding level, ~1e-7). Parity on the `onnxruntime` backend checks the fused
+The weights are the graph's own initializers, re-packed (a skip scaling multiplied in). Only the
+summation order, that product and the tanh/σ approximation change (fp32 rounding level, ~1e-7). Parity on the `onnxruntime` backend checks the fused
 session.
 """
 
@@ -38,6 +42,8 @@ from .ort_ops import DOMAIN
 from .step_lowering import GraphIndex
 
 OP = "WaveNetLayers"
+HEAD_OP = "WaveNetHead"
+PANEL = 16  # packed weight panel width (kPanel in plugins/ort/wn_ort_ops.cc)
 
 
 class _NoMatch(Exception):
@@ -51,6 +57,45 @@ def _need(cond, why=""):
 
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _match_head(skip, t: GraphIndex, only, weight, plain_gemm, inits):
+    """skip [→ Mul(scalar)] → Relu → Gemm(W1, b1) → Relu → Gemm(W2, b2): (those nodes, (W1, b1, W2, b2)),
+    or None."""
+    try:
+        nodes, params, cur = [], [], skip
+        mul = t.consumers[skip][0] if len(t.consumers[skip]) == 1 else None
+        if mul is not None and mul.op_type == "Mul":
+            scale = [i for i in mul.input if i != skip]
+            _need(len(scale) == 1 and scale[0] in inits and t.values[scale[0]].size == 1, "skip scaling")
+            only(skip, "Mul")
+            nodes.append(mul)
+            cur = mul.output[0]
+        for _ in range(2):
+            relu = only(cur, "Relu")
+            gemm = only(relu.output[0], "Gemm", 0)
+            _need(plain_gemm(gemm) and not {"alpha", "beta"} & _attrs(gemm).keys(), "head Gemm attributes")
+            w = weight(gemm.input[1])
+            bias = gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None
+            _need(bias is None or (bias in inits and t.values[bias].size == w.shape[1]), "head bias")
+            b = np.zeros(w.shape[1], np.float32) if bias is None else t.values[bias].astype(np.float32).reshape(-1)
+            nodes += [relu, gemm]
+            params += [w, b]
+            cur = gemm.output[0]
+        _need(params[0].shape[1] == params[2].shape[0], "head widths")
+        return nodes, tuple(params)
+    except _NoMatch:
+        return None
+
+
+def pack_panels(w: np.ndarray) -> np.ndarray:
+    """Weights (..., K, N) → the op's packed layout (..., ⌈N/16⌉, K, 16) float32: column c of row k at
+    panel c // 16, offset c % 16; the last panel zero-padded (plugins/ort/README.md)."""
+    *lead, K, N = w.shape
+    n = -(-N // PANEL)
+    padded = np.zeros((*lead, K, n * PANEL), np.float32)
+    padded[..., :N] = w
+    return np.ascontiguousarray(np.moveaxis(padded.reshape(*lead, K, n, PANEL), -2, -3))
 
 
 def fuse_layers(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -194,11 +239,15 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
     _need(w_past.dtype == np.float32 and w_past.ndim == 3 and w_past.shape[0] == L and w_past.shape[2] == G2,
           "past-tap weights")
 
+    head = _match_head(skip_gemm.output[0], t, only, weight, plain_gemm, inits)
+    if head is not None and head[0][0].op_type == "Mul":  # a skip scaling: folded into the skip weights
+        scale = np.float32(values[next(i for i in head[0][0].input if i in inits)].reshape(()))
+        w_skip, b_skip = w_skip * scale, b_skip * scale
     prefix = "wn_fused."
     w_in = np.concatenate([w_past, np.stack(w_gate)], axis=1)  # (L, P + R, 2G): past rows, then current
-    new_inits = [numpy_helper.from_array(np.ascontiguousarray(w_in), prefix + "w_gate"),
-                 numpy_helper.from_array(np.ascontiguousarray(np.stack(w_out)), prefix + "w_out"),
-                 numpy_helper.from_array(np.ascontiguousarray(w_skip.reshape(L, G, S)), prefix + "w_skip"),
+    new_inits = [numpy_helper.from_array(pack_panels(w_in), prefix + "w_gate"),
+                 numpy_helper.from_array(pack_panels(np.stack(w_out)), prefix + "w_out"),
+                 numpy_helper.from_array(pack_panels(w_skip.reshape(L, G, S)), prefix + "w_skip"),
                  numpy_helper.from_array(b_skip.reshape(S), prefix + "b_skip")]
     _need(bias is None or values[bias].size == L * G2, "gate bias size")
     if bias is None:  # no bias Add: the rest of the pre-activation starts at zero
@@ -209,11 +258,23 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
         OP, [xs[0], taps, gate_in, prefix + "w_gate", prefix + "w_out", prefix + "w_skip", prefix + "b_skip"],
         [skip_gemm.output[0], concat_x.output[0]], name="/wn_fused/layers", domain=DOMAIN,
         alpha=alpha, beta=beta)
+    if head is not None:
+        head_nodes, (w1, b1, w2, b2) = head
+        matched += head_nodes
+        new_inits += [numpy_helper.from_array(pack_panels(w1), prefix + "head_w1"),
+                      numpy_helper.from_array(b1, prefix + "head_b1"),
+                      numpy_helper.from_array(pack_panels(w2), prefix + "head_w2"),
+                      numpy_helper.from_array(b2, prefix + "head_b2")]
+        head_op = helper.make_node(HEAD_OP, [skip_gemm.output[0]] + [prefix + n for n in ("head_w1", "head_b1",
+                                   "head_w2", "head_b2")], [head_nodes[-1].output[0]], name="/wn_fused/head",
+                                   domain=DOMAIN)
     gone = {id(n) for n in matched}
     out_nodes = []
     for n in nodes:
         if n is split:
             out_nodes.append(fused)
+        elif head is not None and n is head[0][-1]:
+            out_nodes.append(head_op)
         elif n is user:  # the first conditioning Gemm now adds to the bias alone
             rewired = onnx.NodeProto()
             rewired.CopyFrom(n)

@@ -118,10 +118,10 @@ class OrtStepRunner(StepRunner):
       allocations: the row indices of every position come from a precomputed table).
     - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
       so nothing is rebound.
-    - Fused layer chain: a lowered FP32 step graph's residual layers run as one node of the
+    - Fused layer chain: a lowered FP32 step graph's residual layers and head run as two nodes of the
       `wn_ort_ops` custom-op library (`ort_fusion`, `ort_ops`; the file on disk is unchanged). Up to
-      batch 16 the op computes the skip projections on a helper thread while the chain runs
-      (plugins/ort/README.md; `WN_ORT_OPS_THREADS=1` turns it off).
+      batch 16 the ops share the weight streaming with a helper thread (plugins/ort/README.md;
+      `WN_ORT_OPS_THREADS=1` turns it off).
       `fused=None` (default) uses it when the graph matches and the library builds, else the standard
       graph (`self.setup` says which, `self.unfused` why); `True` requires it; `False` never uses it.
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
@@ -175,7 +175,7 @@ class OrtStepRunner(StepRunner):
                 raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
             self.unfused = why
             return None
-        self.setup = "fused layer chain (wn_ort_ops, skip helper thread at batch ≤ 16)"
+        self.setup = "fused layer chain and head (wn_ort_ops, helper thread at batch ≤ 16)"
         return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
@@ -274,7 +274,7 @@ class _Ring:
     Row l goes to `offset_l + position mod length_l`. Both arrays are viewed as 1-D arrays of whole
     rows (void elements of R·itemsize bytes), so the write is one fancy assignment of batch·L rows;
     the row indices for each position come from a table over one period (lcm of the lengths) when that
-    is small, else from two in-place ufuncs.
+    is small (with every stream's rows when that is small too), else from two in-place ufuncs.
     """
 
     def __init__(self, state: np.ndarray, update: np.ndarray, rings: list[dict], table_limit: int):
@@ -290,10 +290,16 @@ class _Ring:
         self.scratch = np.empty(len(rings), dtype=np.intp)
         period = int(np.lcm.reduce(self.lengths)) if len(rings) else 1
         self.period = period if period * len(rings) <= table_limit else 0
+        self.full = None  # every stream's rows per position, when that table is small too
         if self.period:
             self.table = self.offsets + np.arange(self.period, dtype=np.intp)[:, None] % self.lengths
+            if self.period * B * len(rings) <= table_limit:
+                self.full = (self.base[None] + self.table[:, None, :]).reshape(self.period, -1)
 
     def write(self, position: int) -> None:
+        if self.full is not None:
+            self.state[self.full[position % self.period]] = self.update
+            return
         if self.period:
             local = self.table[position % self.period]
         else:
