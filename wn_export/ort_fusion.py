@@ -28,8 +28,8 @@ The match is strict, and anything else returns None so the standard graph is use
   each layer's state separately and is not fused.
 
 The weights are the graph's own initializers, re-packed (a skip scaling multiplied in). Only the
-summation order, that product and the tanh/σ approximation change (fp32 rounding level, ~1e-7). Parity on the `onnxruntime` backend checks the fused
-session.
+summation order, that product and the tanh/σ approximation change (fp32 rounding level, ~1e-7). Parity
+on the `onnxruntime` backend checks the fused session.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def pack_panels(w: np.ndarray) -> np.ndarray:
 
 
 def fuse_layers(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The model with its layer chain fused (a new ModelProto), or None when it does not match."""
+    """The model with its layer chain (and head, where it matches) fused (a new ModelProto), or None when
+    the layer chain does not match."""
     return try_fuse(model)[0]
 
 
