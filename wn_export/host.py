@@ -75,13 +75,9 @@ class Sampler:
         itself (the ONNX Runtime runner's bound output buffer; None if the runner has none), the native
         sampler is called with pointers computed once here: taking an array's address costs more than
         drawing from 256 classes."""
-        native = self._native
-        B, Q = self.tokens.shape[0], self.classes
-        if native is None or self.method != "sample" or u is None or not isinstance(logits, np.ndarray) \
-                or logits.dtype != np.float32 \
-                or not logits.flags.c_contiguous or logits.shape != (B, Q) or u.dtype != np.float64 \
-                or not u.flags.c_contiguous or u.shape[1:] != (B, 1):
+        if u is None or not len(u) or not isinstance(logits, np.ndarray) or not self._native_fits(logits, u[0]):
             return lambda step_logits, i: self(step_logits, None if u is None else u[i])
+        native, B, Q = self._native, self.tokens.shape[0], self.classes
         lp, base, stride, T, tp = logits.ctypes.data, u.ctypes.data, u.strides[0], self.temperature, self._tokens_ptr
         out, n = self.tokens, u.shape[0]
 
@@ -92,15 +88,21 @@ class Sampler:
             return out
         return draw
 
+    def _native_fits(self, logits: np.ndarray, u: np.ndarray) -> bool:
+        """Whether `wn_sample` can draw from these arrays as they are (native sampling, float32 logits
+        (batch, Q) and float64 uniforms (batch, 1), both C-contiguous)."""
+        B = self.tokens.shape[0]
+        return self._native is not None and self.method == "sample" and logits.dtype == np.float32 \
+            and logits.flags.c_contiguous and logits.shape == (B, self.classes) and u.dtype == np.float64 \
+            and u.flags.c_contiguous and u.size == B
+
     def __call__(self, logits: np.ndarray, u: np.ndarray | None) -> np.ndarray:
         """logits (batch, Q), u (batch, 1) float64 uniforms (ignored by greedy) → tokens (batch,)."""
         out = self.tokens
         if self.method == "greedy":
             np.argmax(logits, axis=-1, out=out)
             return out
-        if self._native is not None and logits.dtype == np.float32 and logits.flags.c_contiguous \
-                and u.dtype == np.float64 and u.flags.c_contiguous and logits.shape == (out.shape[0], self.classes) \
-                and u.size == out.shape[0]:
+        if self._native_fits(logits, u):
             self._native(logits.ctypes.data, out.shape[0], self.classes, u.ctypes.data, self.temperature,
                          self._tokens_ptr)
             return out

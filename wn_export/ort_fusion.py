@@ -60,15 +60,16 @@ def _attrs(node) -> dict:
 
 
 def _match_head(skip, t: GraphIndex, only, weight, plain_gemm, inits):
-    """skip [→ Mul(scalar)] → Relu → Gemm(W1, b1) → Relu → Gemm(W2, b2): (those nodes, (W1, b1, W2, b2)),
-    or None."""
+    """skip [→ Mul(scalar)] → Relu → Gemm(W1, b1) → Relu → Gemm(W2, b2): (those nodes, the scalar or None,
+    (W1, b1, W2, b2)), or None."""
     try:
-        nodes, params, cur = [], [], skip
+        nodes, params, cur, factor = [], [], skip, None
         mul = t.consumers[skip][0] if len(t.consumers[skip]) == 1 else None
         if mul is not None and mul.op_type == "Mul":
             scale = [i for i in mul.input if i != skip]
             _need(len(scale) == 1 and scale[0] in inits and t.values[scale[0]].size == 1, "skip scaling")
             only(skip, "Mul")
+            factor = np.float32(t.values[scale[0]].reshape(()))
             nodes.append(mul)
             cur = mul.output[0]
         for _ in range(2):
@@ -83,7 +84,7 @@ def _match_head(skip, t: GraphIndex, only, weight, plain_gemm, inits):
             params += [w, b]
             cur = gemm.output[0]
         _need(params[0].shape[1] == params[2].shape[0], "head widths")
-        return nodes, tuple(params)
+        return nodes, factor, tuple(params)
     except _NoMatch:
         return None
 
@@ -241,9 +242,8 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
           "past-tap weights")
 
     head = _match_head(skip_gemm.output[0], t, only, weight, plain_gemm, inits)
-    if head is not None and head[0][0].op_type == "Mul":  # a skip scaling: folded into the skip weights
-        scale = np.float32(values[next(i for i in head[0][0].input if i in inits)].reshape(()))
-        w_skip, b_skip = w_skip * scale, b_skip * scale
+    if head is not None and head[1] is not None:  # a skip scaling: folded into the skip weights
+        w_skip, b_skip = w_skip * head[1], b_skip * head[1]
     prefix = "wn_fused."
     w_in = np.concatenate([w_past, np.stack(w_gate)], axis=1)  # (L, P + R, 2G): past rows, then current
     new_inits = [numpy_helper.from_array(pack_panels(w_in), prefix + "w_gate"),
@@ -260,7 +260,7 @@ def _fuse(model: onnx.ModelProto) -> onnx.ModelProto:
         [skip_gemm.output[0], concat_x.output[0]], name="/wn_fused/layers", domain=DOMAIN,
         alpha=alpha, beta=beta)
     if head is not None:
-        head_nodes, (w1, b1, w2, b2) = head
+        head_nodes, _, (w1, b1, w2, b2) = head
         matched += head_nodes
         new_inits += [numpy_helper.from_array(pack_panels(w1), prefix + "head_w1"),
                       numpy_helper.from_array(b1, prefix + "head_b1"),
