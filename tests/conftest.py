@@ -33,6 +33,20 @@ def random_model(cfg: WaveNetConfig, seed: int = 0, scale: float = 0.4) -> WaveN
     return model.eval()
 
 
+@torch.no_grad()
+def assert_exact_receptive_field(model: WaveNet, tokens, cond=None, speaker=None) -> None:
+    """Output t of `model` changes with input t − (rf − 1) and not with input t − rf (rf = the config's
+    receptive field); tokens (1, ≥ rf + 1), the last output is checked."""
+    cfg = model.cfg
+    rf, t = cfg.receptive_field, tokens.shape[1] - 1
+    for lag, should_change in ((rf - 1, True), (rf, False)):
+        changed = tokens.clone()
+        changed[0, t - lag] = (-0.5 - changed[0, t - lag] if cfg.scalar_input
+                               else (changed[0, t - lag] + 1) % cfg.quantization_channels)
+        delta = (model(tokens, cond, speaker)[0, t] - model(changed, cond, speaker)[0, t]).abs().max()
+        assert (delta > 0) == should_change, (lag, float(delta))
+
+
 @pytest.fixture(params=sorted(CONFIGS))
 def config(request) -> WaveNetConfig:
     return CONFIGS[request.param]
