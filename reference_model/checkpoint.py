@@ -7,34 +7,16 @@ tensors and corrupt files with one `CheckpointError`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write_bytes
 from .config import WaveNetConfig
 from .errors import CheckpointError, ConfigError
 from .model import WaveNet
 
 FORMAT = "wn-export/checkpoint/1"
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, so no half-written file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: WaveNet, path) -> None:
@@ -56,7 +38,7 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> WaveNet:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for corrupt headers and payloads
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt headers and payloads
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({e})") from None
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{path} is not a wn-export checkpoint (metadata format="

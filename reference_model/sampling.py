@@ -57,9 +57,10 @@ def inverse_cdf(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0) -> 
     return np.minimum(idx, logits.shape[-1] - 1).astype(np.int64)
 
 
-def mol_uniforms(seed: int, steps: int, batch: int) -> np.ndarray:
-    """(steps, batch, 2) float64 uniforms for mixture-of-logistics sampling (see the module doc)."""
-    return uniforms(seed, steps, 2 * batch).reshape(steps, batch, 2)
+def mol_uniforms(seed: int, steps: int, batch: int, start: int = 0) -> np.ndarray:
+    """(steps, batch, 2) float64 uniforms for mixture-of-logistics sampling (see the module doc), from
+    step `start` on."""
+    return uniforms(seed, steps, 2 * batch, start).reshape(steps, batch, 2)
 
 
 def mol_draw(params: np.ndarray, method: str, u: np.ndarray | None = None, log_scale_min: float = -7.0,

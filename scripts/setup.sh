@@ -10,5 +10,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[cpu,dev,rtx]"
 # the ONNX Runtime host's native library (fused layer chain + sampler), compiled once for this machine;
 # without a C++ compiler the host runs standard ONNX Runtime ops (slower) and says so
-.venv/bin/python -c "from wn_export.ort_ops import available; p, why = available(print); print('native ONNX Runtime host library:', p or 'unavailable, ' + why)"
+.venv/bin/python -c "from wn_export.backends.onnxruntime.native import available; p, why = available(print); print('native ONNX Runtime host library:', p or 'unavailable, ' + why)"
 .venv/bin/python -c "import torch, onnx, onnxruntime; print('wn-export environment ready: torch', torch.__version__, '| onnx', onnx.__version__, '| onnxruntime', onnxruntime.__version__)"

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import CONFIGS, random_model
+
 from reference_model import WaveNetConfig, save_checkpoint
-from wn_export import bench
-from wn_export.bench import R9y9Incremental, parse_batches, parse_layouts, run_bench
+from wn_export.backends.torch_ref import TorchStepRunner
+from wn_export.bench import run as bench
+from wn_export.bench.run import R9y9Incremental, parse_batches, parse_layouts, run_bench
 from wn_export.errors import InputError
-from wn_export.export import export_directory
-from wn_export.runners.torch_ref import TorchStepRunner
+from wn_export.export.pipeline import export_directory
 
 
 @pytest.fixture(scope="module")

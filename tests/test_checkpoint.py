@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reference_model import (CheckpointError, ConfigError, WaveNetConfig, load_checkpoint,
-                             save_checkpoint)
+from reference_model import CheckpointError, ConfigError, WaveNetConfig, load_checkpoint, save_checkpoint
 from tests.conftest import CONFIGS, random_model
 
 

@@ -5,7 +5,7 @@ in hosts/cpp/build, so only the first run pays for it. A build or fetch failure 
 has network access to the registries, and a silently skipped host would prove nothing.
 
 - `wn_generate` (ONNX Runtime backend) draws exactly the Python host's samples for the same seed
-  (`wn_export.generate.generate` with `OrtStepRunner`): ring and full state layouts, batch 1 and 2,
+  (`wn_export.generation.generate` with `OrtStepRunner`): ring and full state layouts, batch 1 and 2,
   speaker and local conditioning, FP16 state, temperature and greedy; its WAV is Python's WAV.
 - `wn_score` reproduces the scoring graph's mean log-likelihood.
 - The TensorRT backend compiles against the TensorRT 10.14 headers of PyPI `kernel-lens` (and real
@@ -29,11 +29,11 @@ import pytest
 import torch
 
 from reference_model import WaveNet, WaveNetConfig, save_checkpoint
-from wn_export.audio import write_tokens_wav
-from wn_export.export import export_directory
-from wn_export.generate import generate
-from wn_export.manifest import read_manifest
-from wn_export.runners.ort import OrtScoringRunner, OrtStepRunner
+from wn_export.backends.onnxruntime.runner import OrtScoringRunner, OrtStepRunner
+from wn_export.contract.manifest import read_manifest
+from wn_export.export.pipeline import export_directory
+from wn_export.generation.audio import write_tokens_wav
+from wn_export.generation.loop import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ROOT / "hosts" / "cpp"

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from wn_export.engines import DEFAULT_BATCH, DEFAULT_TIME
-from wn_export.errors import BackendError
-from wn_export.export import export_directory
-from wn_export.manifest import read_manifest, sha256
 from tests.conftest import CONFIGS
+from wn_export.backends.tensorrt.engines import DEFAULT_BATCH, DEFAULT_TIME
+from wn_export.contract.manifest import read_manifest, sha256
+from wn_export.errors import BackendError
+from wn_export.export.pipeline import export_directory
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX is installed by scripts/setup.sh (extra rtx)")
 
@@ -25,7 +25,7 @@ def _trt(*args):
 
 def _check_engines(directory, precision, batch, time=None):
     m = read_manifest(directory)
-    engines = {k: e for k, e in m.data["engines"].items() if e["precision"] == precision}
+    engines = {k: e.data for k, e in m.engines.items() if e.precision == precision}
     assert set(engines) == {n for n, g in m.graphs.items() if g.precision == precision}
     for name, e in engines.items():
         g = m.graph(name)
@@ -35,15 +35,15 @@ def _check_engines(directory, precision, batch, time=None):
         io = {t["name"]: t for t in e["io"]}
         for mode, tensors in (("input", g.inputs), ("output", g.outputs)):
             for t in tensors:
-                assert io[t["name"]]["mode"] == mode and io[t["name"]]["dtype"] == t["dtype"]
-                assert [d if isinstance(d, int) else -1 for d in t["shape"]] == io[t["name"]]["shape"], t
+                assert io[t.name]["mode"] == mode and io[t.name]["dtype"] == t.dtype
+                assert [d if isinstance(d, int) else -1 for d in t.shape] == io[t.name]["shape"], t
         (profile,) = e["profiles"]
         b = batch or DEFAULT_BATCH[g.kind]
         for t in g.inputs:
-            p = profile[t["name"]]
-            if "batch" in t["shape"]:
+            p = profile[t.name]
+            if "batch" in t.shape:
                 assert (p["min"][0], p["opt"][0], p["max"][0]) == (b.min, b.opt, b.max)
-            if "time" in t["shape"]:
+            if "time" in t.shape:
                 tr = time or DEFAULT_TIME
                 assert (p["min"][-1], p["opt"][-1], p["max"][-1]) == (tr.min, tr.opt, tr.max)
     return engines
@@ -64,7 +64,7 @@ def test_demo_fp16_and_fp32_engines(demo_export):
     assert {t["dtype"] for t in engines["step.fp16"]["io"] if t["name"] == "state"} == {"float16"}
     r = _trt(demo_export, "--batch", "1,2,16", "--time", "2,1000,8000")
     assert r.exit_code == 0, r.output
-    from wn_export.engines import Range
+    from wn_export.backends.tensorrt.engines import Range
 
     _check_engines(demo_export, "fp32", Range(1, 2, 16), Range(2, 1000, 8000))
     assert set(json.loads((demo_export / "manifest.json").read_text())["engines"]) == {
@@ -79,7 +79,7 @@ def test_conditioned_config_engines(tmp_path, checkpoint_factory):
     for flags in (["--fp16"], []):
         r = _trt(d, *flags, "--time", "2,64,512")
         assert r.exit_code == 0, r.output
-    from wn_export.engines import Range
+    from wn_export.backends.tensorrt.engines import Range
 
     _check_engines(d, "fp16", None, Range(2, 64, 512))
     engines = _check_engines(d, "fp32", None, Range(2, 64, 512))
@@ -111,7 +111,7 @@ def test_trt_runners_without_gpu_fail_clearly(demo_export):
 
     if torch.cuda.is_available():
         pytest.skip("this checks the no-GPU message")
-    from wn_export.runners import open_step
+    from wn_export.backends import open_step
 
     if "step.fp16" not in read_manifest(demo_export).data.get("engines", {}):
         assert _trt(demo_export, "--fp16").exit_code == 0
@@ -126,7 +126,7 @@ def test_trt_runners_without_gpu_fail_clearly(demo_export):
 def test_parity_on_tensorrt(demo_export):
     for flags in (["--fp16"], []):
         assert _trt(demo_export, *flags).exit_code == 0
-    from wn_export.parity import run_parity
+    from wn_export.parity.harness import run_parity
 
     report = run_parity(demo_export, "tensorrt")
     assert report, [c for c in report.checks if not c]
@@ -135,8 +135,8 @@ def test_parity_on_tensorrt(demo_export):
 @pytest.mark.gpu
 def test_tensorrt_step_generation_matches_onnxruntime(demo_export):
     assert _trt(demo_export).exit_code == 0
-    from wn_export.generate import generate
-    from wn_export.runners import open_step
+    from wn_export.backends import open_step
+    from wn_export.generation.loop import generate
 
     m = read_manifest(demo_export)
     with open_step(m, "tensorrt", "step") as trt_runner:

@@ -13,12 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cli import main
 from reference_model import load_checkpoint
-from wn_export.errors import ExportError
-from wn_export.export import export_directory
-from wn_export.hygiene import TRT_OPS, check_graph
-from wn_export.manifest import read_manifest, sha256
-from wn_export.runners.torch_ref import TorchScoringRunner
 from tests.conftest import CONFIGS
+from wn_export.backends.torch_ref import TorchScoringRunner
+from wn_export.contract.manifest import read_manifest, sha256
+from wn_export.errors import ExportError
+from wn_export.export.hygiene import TRT_OPS, check_graph
+from wn_export.export.pipeline import export_directory
 
 ROLES = {"tokens", "token", "cond", "speaker", "state", "position", "logits", "log_prob", "cond_samples"}
 
@@ -26,8 +26,8 @@ ROLES = {"tokens", "token", "cond", "speaker", "state", "position", "logits", "l
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Every test config exported with FP16, ring layout, plus k3-odd in the full layout."""
-    from tests.conftest import random_model
     from reference_model import save_checkpoint
+    from tests.conftest import random_model
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
@@ -187,7 +187,7 @@ def test_export_is_atomic(tmp_path, checkpoint_factory, monkeypatch):
     out = tmp_path / "out"
     export_directory(out, ckpt)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    import wn_export.export as ex
+    import wn_export.export.pipeline as ex
 
     real, calls = ex.export_graph, []
 

@@ -13,19 +13,20 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import CONFIGS, random_model
+
 from reference_model import WaveNetConfig, save_checkpoint
 from reference_model.sampling import draw, uniforms
+from wn_export.backends.onnxruntime.runner import OrtStepRunner, _Ring
+from wn_export.backends.torch_ref import TorchStepRunner
+from wn_export.contract.manifest import read_manifest
 from wn_export.errors import ArtifactError, BackendError, InputError
-from wn_export.export import export_directory
-from wn_export.graphs import build_graph, example_inputs
-from wn_export.host import Generator, Sampler, generate_to_wav, open_generator
-from wn_export.manifest import read_manifest
-from wn_export.precision import FP32
-from wn_export.runners.ort import OrtStepRunner, _Ring
-from wn_export.runners.torch_ref import TorchStepRunner
-from wn_export.step_lowering import UnsupportedGraph, lower_step_graph
+from wn_export.export.graph_match import NoMatch as UnsupportedGraph
+from wn_export.export.lowering import lower_pass, lower_step_graph, lowering_error
+from wn_export.export.pipeline import export_directory
+from wn_export.export.precision import FP32
+from wn_export.export.wrappers import build_graph, example_inputs
+from wn_export.generation.generator import Generator, Sampler, generate_to_wav, open_generator
 
 EXPORTS = [("k2", "ring"), ("k3-odd", "full"), ("conditioned", "ring"), ("conditioned", "full"),
            ("explicit-dilations", "ring")]
@@ -159,7 +160,7 @@ def _traced_step(cfg, layout="ring"):
 def test_lowering_refuses_a_structure_it_does_not_know():
     cfg = CONFIGS["k2"]
     wrapper, traced = _traced_step(cfg)
-    assert wrapper.lowering_error(lower_step_graph(traced, wrapper.spec, cfg)) < 1e-5
+    assert lowering_error(wrapper, lower_step_graph(traced, wrapper.spec, cfg)) < 1e-5
     for node in traced.graph.node:  # a different gate non-linearity: not the WaveNet gate any more
         if node.op_type == "Tanh":
             node.op_type = "Relu"
@@ -167,14 +168,14 @@ def test_lowering_refuses_a_structure_it_does_not_know():
     with pytest.raises(UnsupportedGraph, match="expected one Tanh"):
         lower_step_graph(traced, wrapper.spec, cfg)
     # and the wrapper keeps such a graph as traced, saying why
-    kept = wrapper.lower_onnx(traced)
+    kept = lower_pass(traced, wrapper)
     assert kept is traced
     assert {p.key: p.value for p in kept.metadata_props}["wn_export.lowering"].startswith("not lowered")
 
 
 def test_lowering_verification_catches_a_wrong_rewrite(monkeypatch):
-    from wn_export import step_lowering
     from wn_export.errors import ExportError
+    from wn_export.export import lowering as step_lowering
 
     cfg = CONFIGS["k2"]
     wrapper, traced = _traced_step(cfg)
@@ -186,7 +187,7 @@ def test_lowering_verification_catches_a_wrong_rewrite(monkeypatch):
 
     monkeypatch.setattr(step_lowering, "_emit", broken)
     with pytest.raises(ExportError, match="lowered step graph differs"):
-        wrapper.lower_onnx(traced)
+        lower_pass(traced, wrapper)
 
 
 VARIANTS = {  # WaveNetConfig variants the lowering covers (True) or leaves traced (False)
@@ -219,8 +220,7 @@ def test_lowering_covers_the_variants_it_knows_and_keeps_the_others_traced(tmp_p
 # ---- the ring writer ----------------------------------------------------------------------------
 @pytest.mark.parametrize("table_limit", [1 << 20, 100, 0])
 def test_ring_writer_matches_the_manifest_rule(table_limit):
-    rings = [{"offset": 0, "length": 1}, {"offset": 1, "length": 4}, {"offset": 5, "length": 3},
-             {"offset": 8, "length": 6}]
+    rings = ((0, 1), (1, 4), (5, 3), (8, 6))  # (offset, length) as the manifest's StateRecord holds them
     B, R = 3, 5
     state, update = np.zeros((B, 14, R), np.float32), np.zeros((B, 4, R), np.float32)
     ring, want = _Ring(state, update, rings, table_limit), np.zeros_like(state)
@@ -230,8 +230,8 @@ def test_ring_writer_matches_the_manifest_rule(table_limit):
     for position in range(50):
         update[...] = rng.standard_normal(update.shape)
         ring.write(position)
-        for l, r in enumerate(rings):
-            want[:, r["offset"] + position % r["length"]] = update[:, l]
+        for l, (offset, length) in enumerate(rings):
+            want[:, offset + position % length] = update[:, l]
         assert np.array_equal(state, want)
 
 

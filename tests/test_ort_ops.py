@@ -10,18 +10,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import CONFIGS, random_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import CONFIGS, random_model
 from reference_model import save_checkpoint
 from reference_model.sampling import draw
-from wn_export import ort_ops
+from wn_export.backends.onnxruntime import native as ort_ops
+from wn_export.backends.onnxruntime.fusion import HEAD_OP, OP, fuse_layers, pack_panels
+from wn_export.backends.onnxruntime.runner import OrtStepRunner
+from wn_export.contract.manifest import read_manifest
 from wn_export.errors import BackendError
-from wn_export.export import export_directory
-from wn_export.host import Sampler
-from wn_export.manifest import read_manifest
-from wn_export.ort_fusion import HEAD_OP, OP, fuse_layers, pack_panels
-from wn_export.runners.ort import OrtStepRunner
+from wn_export.export.pipeline import export_directory
+from wn_export.generation.generator import Sampler
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,6 @@ def test_the_helper_thread_changes_no_bit(lib, B, op):
     after call: each layer's skip projection has its own slot, summed in layer order; each head column
     is computed by the same code on either thread."""
     import ctypes
-
     import time
 
     native = ctypes.CDLL(lib)

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from cli import main
-from wn_export.errors import ArtifactError, BackendError
-from wn_export.export import export_directory
-from wn_export.manifest import sha256
-from wn_export.parity import TOLERANCES, judge, logit_metrics, run_parity
 from tests.conftest import CONFIGS
+from wn_export.contract.manifest import sha256
+from wn_export.errors import ArtifactError, BackendError
+from wn_export.export.pipeline import export_directory
+from wn_export.parity.harness import TOLERANCES, judge, logit_metrics, run_parity
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,11 @@ from click.testing import CliRunner
 
 from cli import main
 from reference_model import load_checkpoint, save_checkpoint
-from wn_export.export import export_directory
+from wn_export.backends.onnxruntime.runner import OrtScoringRunner, OrtStepRunner, OrtUpsampleRunner
+from wn_export.contract.manifest import read_manifest
+from wn_export.export.pipeline import export_directory
 from wn_export.importers import ImportError_, import_r9y9
-from wn_export.manifest import read_manifest
-from wn_export.parity import judge, log_prob_metrics, logit_metrics, param_metrics, run_parity
-from wn_export.runners.ort import OrtScoringRunner, OrtStepRunner, OrtUpsampleRunner
+from wn_export.parity.harness import judge, log_prob_metrics, logit_metrics, param_metrics, run_parity
 
 
 @pytest.fixture(autouse=True)
@@ -345,7 +345,7 @@ def test_unreadable_checkpoints(tmp_path):
 def test_bench_baseline_computes_their_incremental_forward(tmp_path, name, monkeypatch):
     """`wn-export bench`'s eager-incremental baseline (our re-implementation of their loop) on the imported
     model = their own `incremental_forward`, teacher-forced: the bench times their algorithm."""
-    from wn_export.baseline_r9y9 import R9y9Incremental
+    from wn_export.bench.baseline_r9y9 import R9y9Incremental
 
     kwargs, hparams = CASES[name]
     theirs, path, _ = _import(tmp_path, name, kwargs, hparams)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_model import (InputError, WaveNet, inverse_cdf, mulaw_decode, mulaw_encode,
-                             uniforms)
+from reference_model import InputError, WaveNet, inverse_cdf, mulaw_decode, mulaw_encode, uniforms
 from tests.conftest import CONFIGS, assert_exact_receptive_field, random_model
 
 

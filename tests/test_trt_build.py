@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from wn_export import trt_build
+from wn_export.backends.tensorrt import build as trt_build
 from wn_export.errors import ArtifactError, BackendError, ExportError
 
 OPSET = 17
@@ -266,10 +266,10 @@ def test_gc_of_tensorrt_objects_during_callbacks_does_not_deadlock(trt_rtx, buil
     # build_engine pauses the GC during TensorRT calls. Run in a subprocess so a regression cannot hang CI.
     script = textwrap.dedent(f"""
         import gc, logging, tensorrt_rtx_bindings as trt
-        from wn_export import trt_build
+        from wn_export.backends.tensorrt import build as trt_build
         class GcOnLog(logging.Handler):  # allocations that trigger an automatic collection
             def emit(self, record): [[] for _ in range(60000)]
-        logger = logging.getLogger("wn_export.trt_build")
+        logger = logging.getLogger("wn_export.backends.tensorrt.build")
         logger.setLevel(logging.DEBUG); logger.addHandler(GcOnLog())
         gc.collect(); gc.set_threshold(50000)  # no automatic collection before the handler's
         class Holder: pass

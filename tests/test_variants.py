@@ -14,14 +14,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_model import (ConfigError, WaveNet, WaveNetConfig, load_checkpoint, mol_draw, mol_uniforms,
-                             mulaw_encode, save_checkpoint, uniforms)
+from reference_model import (
+    ConfigError,
+    WaveNet,
+    WaveNetConfig,
+    load_checkpoint,
+    mol_draw,
+    mol_uniforms,
+    mulaw_encode,
+    save_checkpoint,
+    uniforms,
+)
 from reference_model.mixture import mol_log_prob
-from wn_export.export import export_directory
-from wn_export.generate import generate
-from wn_export.parity import run_parity
-from wn_export.runners.torch_ref import TorchScoringRunner, TorchStepRunner
 from tests.conftest import assert_exact_receptive_field, random_model
+from wn_export.backends.torch_ref import TorchScoringRunner, TorchStepRunner
+from wn_export.export.pipeline import export_directory
+from wn_export.generation.loop import generate
+from wn_export.parity.harness import run_parity
 
 SMALL = dict(quantization_channels=16, residual_channels=5, gate_channels=8, skip_channels=6, kernel_size=2,
              layers=4)

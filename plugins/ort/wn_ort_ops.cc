@@ -2,10 +2,10 @@
 //
 // wn_export.WaveNetLayers — the residual-layer chain of a lowered FP32 step graph as one kernel.
 //
-// The lowered step graph (wn_export/step_lowering.py) spends four ONNX nodes per layer (two fused Gemms,
+// The lowered step graph (wn_export/export/lowering.py) spends four ONNX nodes per layer (two fused Gemms,
 // Mul, Gemm), a batched MatMul of the past taps and a packed skip Gemm; at batch 1 ONNX Runtime's
 // per-node dispatch costs more than their arithmetic. This op computes all of it in one call
-// (wn_export/ort_fusion.py rewrites the graph to use it). Contract, threading and tests:
+// (wn_export/backends/onnxruntime/fusion.py rewrites the graph to use it). Contract, threading and tests:
 // plugins/ort/README.md. In short, per layer l:
 //   [a_l | b_l] = gate_in_l + [taps_l | x_l] · W_gate,l ;  h_l = tanh(a_l) ⊙ σ(b_l)
 //   x_{l+1} = alpha_l · (h_l · W_out,l) + beta_l · x_l ;   skip = b_skip + Σ_l h_l · W_skip,l

@@ -6,7 +6,7 @@ Each importer reads the other implementation's checkpoint, folds what our model 
 the setting.
 """
 
-from .common import ImportError_, fold_weight_norm, load_torch_state_dict
-from .r9y9 import R9Y9_DEFAULTS, import_r9y9
+from wn_export.importers.common import ImportError_, fold_weight_norm, load_torch_state_dict
+from wn_export.importers.r9y9 import R9Y9_DEFAULTS, import_r9y9
 
 __all__ = ["ImportError_", "fold_weight_norm", "load_torch_state_dict", "import_r9y9", "R9Y9_DEFAULTS"]

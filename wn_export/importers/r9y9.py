@@ -36,8 +36,7 @@ import torch
 
 from reference_model import WaveNet, WaveNetConfig
 from reference_model.errors import ConfigError
-
-from .common import ImportError_, fold_weight_norm, load_torch_state_dict
+from wn_export.importers.common import ImportError_, fold_weight_norm, load_torch_state_dict
 
 # Their defaults where the checkpoint is silent (WaveNet(legacy=True), hparams.py of 0.1.x).
 R9Y9_DEFAULTS = {"legacy": True, "log_scale_min": float(math.log(1e-14)), "quantize_channels_scalar": 65536,

@@ -1,0 +1,80 @@
+"""One runner interface for every backend (PyTorch reference, ONNX Runtime, TensorRT, …).
+
+Runners are context managers (`activate` / `deactivate`); heavy imports happen in `activate`.
+
+- `ScoringRunner.infer(tokens, cond=None, speaker=None)` → {"logits": (B, T, Q), "log_prob": (B, T−1)}
+  with tokens (B, T) int64, cond per-sample (B, C, T) float32, speaker (B,) int64.
+- `StepRunner.reset(batch, speaker=None)` starts `batch` streams from the zero state;
+  `StepRunner.step(token, cond_t=None)` → logits (B, Q) for token (B,) int64, cond_t (B, C).
+  The returned array may be a reused buffer: copy it to keep it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from wn_export.errors import InputError
+
+
+class Runner(ABC):
+    name = "runner"
+
+    @classmethod
+    def from_manifest(cls, manifest, graph: str, **options) -> "Runner":
+        """The registry's loader (`wn_export.backends.open_step` / `open_scoring`)."""
+        return cls(manifest, graph, **options)
+
+    def activate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def deactivate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+
+class ScoringRunner(Runner):
+    @abstractmethod
+    def infer(self, tokens: np.ndarray, cond: np.ndarray | None = None,
+              speaker: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
+
+class StepRunner(Runner):
+    @abstractmethod
+    def reset(self, batch: int, speaker: np.ndarray | None = None) -> None: ...
+
+    @abstractmethod
+    def step(self, token: np.ndarray, cond_t: np.ndarray | None = None) -> np.ndarray: ...
+
+    def teacher_force(self, tokens: np.ndarray, cond: np.ndarray | None = None,
+                      speaker: np.ndarray | None = None) -> np.ndarray:
+        """Feed the given tokens (B, T) one step at a time → logits (B, T, Q) float64."""
+        B, T = tokens.shape
+        self.reset(B, speaker)
+        out = None
+        for t in range(T):
+            logits = self.step(tokens[:, t], None if cond is None else cond[:, :, t])
+            if out is None:
+                out = np.empty((B, T, logits.shape[-1]), dtype=np.float64)
+            out[:, t] = logits
+        return out
+
+
+def step_feeds(graph, batch: int, feed, cond_t=None) -> dict[str, np.ndarray]:
+    """One step's host inputs as the manifest declares them (`graph`: a `GraphRecord`): the fed-back
+    token (int64) or scalar sample (float32), shape (batch,), and the conditioning row (batch, C)."""
+    tensor = graph.feed
+    out = {tensor.name: np.ascontiguousarray(np.asarray(feed).reshape(batch), dtype=tensor.dtype)}
+    cond = graph.input("cond")
+    if cond is not None:
+        if cond_t is None:
+            raise InputError("this model needs per-sample conditioning (cond_t)")
+        out[cond.name] = np.ascontiguousarray(np.asarray(cond_t).reshape(batch, -1), dtype=cond.dtype)
+    return out

@@ -1,0 +1,359 @@
+"""`manifest.json`: the contract between an export directory and every host. Written here, read here.
+
+Format "wn-export/1" (documented in the README):
+{"format", "receptive_field", "sample_rate", "quantization_channels", "opset", "model": {config},
+ "source": {"checkpoint", "sha256"},
+ "graphs": {name: {"file", "kind", "precision", "sha256", "nodes", "inputs": [...], "outputs": [...],
+                   ["layout", "state": [...]]}},
+ "engines": {name: {"file", "graph", "onnx", "sha256", "backend", "version", "precision", ...}}
+            (added by `wn-export trt`)}
+
+`read_manifest` returns typed records (`Manifest`, `GraphRecord`, `TensorRecord`, `StateRecord`,
+`EngineRecord`), like the C++ host's `manifest.hpp`. Every field is checked for its JSON type, every
+number for its range and every file for staying inside the directory before any host uses it. No torch
+import: a host that runs ONNX Runtime reads manifests without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from reference_model.atomic import atomic_write_bytes
+
+from ..errors import ArtifactError
+from .specs import DISTRIBUTION_ROLES, FEED_ROLES, GRAPH_KINDS, LAYOUTS, GraphSpec, graph_name
+
+FORMAT = "wn-export/1"
+FILENAME = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
+MAX_DIM = 1 << 31  # any static dimension or ring number above this is refused
+DTYPES = ("float32", "float16", "int64", "int32", "bool", "float64")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+def graph_entry(spec: GraphSpec, file: str, digest: str, nodes: int) -> dict:
+    entry = {"file": file, "kind": spec.kind, "precision": spec.precision, "sha256": digest, "nodes": nodes,
+             "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]}
+    if spec.kind == "step":
+        entry["layout"] = spec.layout
+        entry["state"] = [s.to_dict() for s in spec.state]
+    return entry
+
+
+def build_manifest(cfg, graphs: dict[str, dict]) -> dict:
+    """`cfg`: the model's `WaveNetConfig`."""
+    return {"format": FORMAT, "receptive_field": cfg.receptive_field, "sample_rate": cfg.sample_rate,
+            "quantization_channels": cfg.quantization_channels, "model": cfg.to_dict(), "graphs": graphs}
+
+
+def write_manifest(directory: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write_bytes(Path(directory) / FILENAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# ---- typed records -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    role: str
+    dtype: str
+    shape: tuple  # ints and symbolic dim names
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    input: str
+    output: str
+    dtype: str
+    shape: tuple
+    init: float = 0.0
+    update: str = "replace"  # replace: the output is the next input | ring: rows written at position
+    position: str | None = None
+    rings: tuple[tuple[int, int], ...] = ()  # ring: (offset, length) per output row
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    name: str
+    path: Path
+    file: str
+    kind: str
+    precision: str
+    sha256: str
+    inputs: tuple[TensorRecord, ...]
+    outputs: tuple[TensorRecord, ...]
+    nodes: int | None = None
+    layout: str | None = None
+    state: tuple[StateRecord, ...] = ()
+    data: dict = field(default_factory=dict, compare=False, repr=False)  # the raw JSON entry
+
+    def input(self, role: str) -> TensorRecord | None:
+        return next((t for t in self.inputs if t.role == role), None)
+
+    def output(self, role: str) -> TensorRecord | None:
+        return next((t for t in self.outputs if t.role == role), None)
+
+    @property
+    def feed(self) -> TensorRecord:
+        """The step graph's fed-back input: `token`, or `sample` for scalar-input models."""
+        return next(t for r in FEED_ROLES if (t := self.input(r)) is not None)
+
+    @property
+    def distribution(self) -> TensorRecord:
+        """The distribution output: `logits`, or `mol_params` for mixture-of-logistics models."""
+        return next(t for r in DISTRIBUTION_ROLES if (t := self.output(r)) is not None)
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    name: str
+    path: Path
+    file: str
+    graph: str
+    sha256: str
+    backend: str
+    precision: str
+    profiles: tuple[dict, ...] = ()  # per profile: {input name: {"min", "opt", "max"}}
+    io: tuple[dict, ...] = ()
+    data: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def max_batch(self, input_name: str) -> int | None:
+        """The largest leading dimension any profile accepts for `input_name` (None: no profile)."""
+        limits = [int((p.get(input_name) or next(iter(p.values())))["max"][0]) for p in self.profiles if p]
+        return max(limits) if limits else None
+
+
+@dataclass
+class Manifest:
+    directory: Path
+    data: dict
+    graphs: dict[str, GraphRecord]
+    engines: dict[str, EngineRecord]
+
+    @property
+    def config(self):
+        """The model's `WaveNetConfig` (validated when the manifest was read)."""
+        from reference_model.config import WaveNetConfig
+
+        return WaveNetConfig.from_dict(self.data["model"])
+
+    @property
+    def source_checkpoint(self) -> str | None:
+        source = self.data.get("source")
+        return source.get("checkpoint") if isinstance(source, dict) else None
+
+    def graph(self, name: str) -> GraphRecord:
+        if name not in self.graphs:
+            raise ArtifactError(f"{self.directory} has no {name!r} graph (it has: {', '.join(self.graphs)}); "
+                                f"export it with `wn-export onnx{' --fp16' if 'fp16' in name else ''}`")
+        return self.graphs[name]
+
+    def engine(self, name: str) -> EngineRecord:
+        if name not in self.engines:
+            raise ArtifactError(f"{self.directory} has no TensorRT engine for {name!r}; "
+                                f"build it with `wn-export trt {self.directory}`")
+        return self.engines[name]
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+class _Fields:
+    """Typed access to one JSON object; every mistake is one `ArtifactError` naming where it is."""
+
+    def __init__(self, obj: Any, where: str):
+        if not isinstance(obj, dict):
+            raise ArtifactError(f"{where} must be a JSON object (got {type(obj).__name__})")
+        self.obj, self.where = obj, where
+
+    def get(self, key: str, kind, default=Ellipsis):
+        if key not in self.obj:
+            if default is Ellipsis:
+                raise ArtifactError(f"{self.where} lacks {key!r}")
+            return default
+        value = self.obj[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ArtifactError(f"{self.where}.{key} must be an integer (got {value!r:.40})")
+        if kind is not int and not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ArtifactError(f"{self.where}.{key} must be of type {names} (got {type(value).__name__})")
+        return value
+
+    def count(self, key: str, low: int = 0, high: int = MAX_DIM, default=Ellipsis) -> int:
+        value = self.get(key, int, default)
+        if value is not None and not low <= value <= high:
+            raise ArtifactError(f"{self.where}.{key} = {value} is outside [{low}, {high}]")
+        return value
+
+    def choice(self, key: str, options, default=Ellipsis) -> str:
+        value = self.get(key, str, default)
+        if value is not None and value not in options:
+            raise ArtifactError(f"{self.where}.{key} = {value!r:.40} is not one of {', '.join(options)}")
+        return value
+
+
+def confined(directory: Path, file: str, where: str) -> Path:
+    """DIR/file, refusing absolute paths, `..` and links that leave DIR (a manifest cannot point a host
+    at files outside its export directory)."""
+    rel = PurePosixPath(file)
+    if not file or rel.is_absolute() or ".." in rel.parts or "\\" in file or "\0" in file:
+        raise ArtifactError(f"{where}: file {file!r:.80} must be a plain name inside the export directory")
+    path = directory / rel
+    root = os.path.realpath(directory)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ArtifactError(f"{where}: file {file!r:.80} resolves outside the export directory")
+    return path
+
+
+def _shape(values: Any, where: str) -> tuple:
+    if not isinstance(values, list) or len(values) > 8:
+        raise ArtifactError(f"{where}.shape must be a list of at most 8 dimensions")
+    for d in values:
+        if isinstance(d, str):
+            if not 0 < len(d) <= 64:
+                raise ArtifactError(f"{where}.shape has an unusable dimension name {d!r:.40}")
+        elif isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DIM:
+            raise ArtifactError(f"{where}.shape has dimension {d!r:.40}: dimensions are names or 1 … {MAX_DIM}")
+    return tuple(values)
+
+
+def _tensor(obj: Any, where: str) -> TensorRecord:
+    f = _Fields(obj, where)
+    return TensorRecord(f.get("name", str), f.get("role", str), f.choice("dtype", DTYPES),
+                        _shape(f.get("shape", list), where))
+
+
+def _state(obj: Any, where: str) -> StateRecord:
+    f = _Fields(obj, where)
+    shape = _shape(f.get("shape", list), where)
+    update = f.choice("update", ("replace", "ring"), "replace")
+    init = f.get("init", (int, float), 0.0)
+    rings: tuple = ()
+    if update == "ring":
+        if len(shape) != 3 or not isinstance(shape[1], int):
+            raise ArtifactError(f"{where}: a ring state has the shape (batch, rows, channels)")
+        rings = tuple(_ring(r, f"{where}.rings[{i}]", shape[1])
+                      for i, r in enumerate(f.get("rings", list)))
+        if not rings:
+            raise ArtifactError(f"{where}: a ring state needs at least one ring")
+    return StateRecord(f.get("input", str), f.get("output", str), f.choice("dtype", DTYPES), shape,
+                       float(init), update, f.get("position", str, None), rings)
+
+
+def _ring(obj: Any, where: str, rows: int) -> tuple[int, int]:
+    f = _Fields(obj, where)
+    offset, length = f.count("offset", 0, rows - 1), f.count("length", 1, rows)
+    if offset + length > rows:
+        raise ArtifactError(f"{where}: offset {offset} + length {length} exceeds the state's {rows} rows")
+    return offset, length
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise ArtifactError(f"{where} must be a list (got {type(value).__name__})")
+    return value
+
+
+def _graph(directory: Path, name: str, obj: Any, where: str) -> GraphRecord:
+    f = _Fields(obj, where)
+    file = f.get("file", str)
+    kind, precision = f.choice("kind", GRAPH_KINDS), f.get("precision", str)
+    inputs = tuple(_tensor(t, f"{where}.inputs[{i}]") for i, t in enumerate(_list(f.get("inputs", list), where)))
+    outputs = tuple(_tensor(t, f"{where}.outputs[{i}]")
+                    for i, t in enumerate(_list(f.get("outputs", list), where)))
+    state = tuple(_state(s, f"{where}.state[{i}]") for i, s in enumerate(f.get("state", list, [])))
+    layout = f.choice("layout", LAYOUTS, None)
+    if kind == "step":
+        if not any(t.role in FEED_ROLES for t in inputs) or not any(t.role in DISTRIBUTION_ROLES for t in outputs):
+            raise ArtifactError(f"{where}: a step graph needs a token (or sample) input and a logits "
+                                "(or mol_params) output")
+        names = {t.name for t in (*inputs, *outputs)}
+        for s in state:
+            if s.input not in names or s.output not in names or (s.position and s.position not in names):
+                raise ArtifactError(f"{where}: state {s.input!r:.40} names tensors the graph does not have")
+    return GraphRecord(name, confined(directory, file, where), file, kind, precision, f.get("sha256", str),
+                       inputs, outputs, f.count("nodes", 0, default=None), layout, state, obj)
+
+
+def _engine(directory: Path, name: str, obj: Any, where: str) -> EngineRecord:
+    f = _Fields(obj, where)
+    file = f.get("file", str)
+    profiles = tuple(_Fields(p, f"{where}.profiles[{i}]").obj for i, p in enumerate(f.get("profiles", list, [])))
+    for i, p in enumerate(profiles):
+        for tensor, r in p.items():
+            rng = _Fields(r, f"{where}.profiles[{i}].{tensor}")
+            for key in ("min", "opt", "max"):
+                _shape(rng.get(key, list), f"{rng.where}.{key}")
+    precision = f.get("precision", str, "fp16" if name.endswith(".fp16") else "fp32")
+    return EngineRecord(name, confined(directory, file, where), file, f.get("graph", str, name), f.get("sha256", str),
+                        f.get("backend", str), precision, profiles, tuple(f.get("io", list, [])), obj)
+
+
+def _load_json(path: Path) -> Any:
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is {size:,} bytes: larger than any manifest ({MAX_MANIFEST_BYTES:,} max)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path} is not a manifest: its JSON is nested too deeply") from None
+
+
+def read_manifest(directory, verify: bool = True) -> Manifest:
+    """Read and validate DIR/manifest.json; with `verify`, check every graph file's sha256."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"export directory {directory} does not exist (run `wn-export onnx -o {directory}`)")
+    path = directory / FILENAME
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no {FILENAME}: not a wn-export directory")
+    data = _load_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: unsupported manifest format "
+                            f"{data.get('format') if isinstance(data, dict) else None!r:.40} (expected {FORMAT!r})")
+    top = _Fields(data, FILENAME)
+    top.get("model", dict)
+    receptive_field = top.count("receptive_field", 1)
+    graphs = {n: _graph(directory, n, g, f"graphs.{n}") for n, g in top.get("graphs", dict).items()}
+    engines = {n: _engine(directory, n, e, f"engines.{n}") for n, e in top.get("engines", dict, {}).items()}
+    manifest = Manifest(directory, data, graphs, engines)
+    _check_config(manifest, receptive_field, path)
+    for name, graph in graphs.items():
+        if not graph.path.is_file():
+            raise ArtifactError(f"{path}: graph {name!r} file {graph.file} is missing")
+        if verify and sha256(graph.path) != graph.sha256:
+            raise ArtifactError(f"{graph.file} does not match the manifest's sha256: the graph was "
+                                "modified or replaced after export; re-export the directory")
+    return manifest
+
+
+def _check_config(manifest: Manifest, receptive_field: int, path: Path) -> None:
+    from reference_model.errors import ConfigError
+
+    try:
+        cfg = manifest.config
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: invalid model config: {e}") from None
+    if cfg.receptive_field != receptive_field:
+        raise ArtifactError(f"{path}: receptive_field {receptive_field} does not match the model "
+                            f"config ({cfg.receptive_field})")
+
+
+__all__ = ["FORMAT", "FILENAME", "Manifest", "GraphRecord", "TensorRecord", "StateRecord", "EngineRecord",
+           "read_manifest", "write_manifest", "build_manifest", "graph_entry", "graph_name", "sha256", "confined"]

@@ -1,0 +1,156 @@
+"""`wn-export onnx`: checkpoint → DIR/{scoring,step[,upsample]}[.fp16].onnx + manifest.json.
+
+Everything is written to a staging directory beside DIR first and moved in only when every graph
+has been exported and passed hygiene; the manifest is moved last. On any error DIR is untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+
+from reference_model import WaveNet, load_checkpoint
+from wn_export import demo_checkpoint
+from wn_export.contract.manifest import build_manifest, graph_entry, sha256, write_manifest
+from wn_export.contract.specs import LAYOUTS
+from wn_export.errors import ExportError
+from wn_export.export.hygiene import check_graph
+from wn_export.export.lowering import lower_pass
+from wn_export.export.precision import FP16, FP32
+from wn_export.export.wrappers import build_graph, example_inputs
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 17  # LayerNorm-free, but Split/Squeeze-as-input and opset-13+ Resize semantics
+
+
+def export_graph(model: WaveNet, kind: str, precision, path: Path, opset: int = DEFAULT_OPSET,
+                 layout: str = "ring") -> dict:
+    """Export one graph to `path` and check it. → {"spec": GraphSpec, "stats": {...}}."""
+    wrapper = build_graph(model, kind, precision, layout)
+    spec = wrapper.spec
+    args = tuple(example_inputs(spec, model.cfg, batch=2, time=max(8, 2 * model.cfg.hop_size)))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            wrapper, args, buf, dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            dynamic_axes=spec.dynamic_axes())
+    graph = onnx.load_from_string(buf.getvalue())
+    for graph_pass in PASSES:
+        graph = graph_pass(graph, wrapper)
+    dims = {d for t in (*spec.inputs, *spec.outputs) for d in t.shape if isinstance(d, str)}
+    stats = check_graph(graph, dims, path.name)
+    onnx.save(graph, str(path))
+    return {"spec": spec, "stats": stats}
+
+
+def _alias_duplicate_initializers(graph: onnx.ModelProto, _wrapper=None) -> onnx.ModelProto:
+    """torch.onnx deduplicates equal weights (e.g. the all-zero biases of a freshly initialised imported
+    model) into `Identity` nodes reading one initializer; let their consumers read it directly."""
+    inits = {i.name for i in graph.graph.initializer}
+    outputs = {o.name for o in graph.graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return graph
+    keep = [n for n in graph.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del graph.graph.node[:]
+    graph.graph.node.extend(keep)
+    return graph
+
+
+def _name(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
+    graph.producer_name, graph.doc_string = "wn-export", f"wn-export {wrapper.spec.name} graph"
+    return graph
+
+
+def _stamp_shapes(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
+    """Write the contract's shapes (named dims, static sizes) onto the graph's I/O; hygiene's strict
+    shape inference then proves the graph agrees with them."""
+    spec = wrapper.spec
+    for values, declared in ((graph.graph.input, spec.inputs), (graph.graph.output, spec.outputs)):
+        for value, tensor in zip(values, declared):
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            for d in tensor.shape:
+                dim = dims.add()
+                if isinstance(d, str):
+                    dim.dim_param = d
+                else:
+                    dim.dim_value = d
+    return graph
+
+
+def _check_io(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
+    """The exported graph's I/O must be exactly the spec's, in order, with the spec's dtypes."""
+    spec = wrapper.spec
+    for kind, actual, declared in (("inputs", graph.graph.input, spec.inputs),
+                                   ("outputs", graph.graph.output, spec.outputs)):
+        got = [(v.name, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
+               for v in actual]
+        want = [(t.name, t.dtype) for t in declared]
+        if got != want:
+            raise ExportError(f"{spec.name}: exported {kind} {got} differ from the I/O contract {want}")
+    return graph
+
+
+# The passes every traced graph goes through, in order: `pass(graph, wrapper) → graph`. Hygiene
+# (`hygiene.check_graph`) then proves the result before it is written.
+PASSES = (_alias_duplicate_initializers, lower_pass, _name, _check_io, _stamp_shapes)
+
+
+def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False,
+                     opset: int = DEFAULT_OPSET, layout: str = "ring",
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """Export every graph of a checkpoint into `out_dir`; returns the manifest dict."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: wn-export needs opset >= {MIN_OPSET}")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is newer than this onnx supports ({onnx.defs.onnx_opset_version()})")
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown state layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    checkpoint = Path(checkpoint or demo_checkpoint())
+    model = load_checkpoint(checkpoint, torch.float32)
+    jobs = [("scoring", FP32), ("step", FP32)]
+    if fp16:
+        jobs += [("scoring", FP16), ("step", FP16)]
+    if model.cfg.local:
+        jobs.append(("upsample", FP32))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        graphs = {}
+        for i, (kind, precision) in enumerate(jobs, 1):
+            file = f"{kind}{precision.suffix}.onnx"
+            if progress:
+                progress(f"[{i}/{len(jobs)}] exporting {file}")
+            result = export_graph(model, kind, precision, staging / file, opset, layout)
+            spec = result["spec"]
+            graphs[spec.name] = graph_entry(spec, file, sha256(staging / file), result["stats"]["nodes"])
+        manifest = build_manifest(model.cfg, graphs)
+        manifest["opset"] = opset
+        manifest["source"] = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256(checkpoint)}
+        write_manifest(staging, manifest)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new graphs
+        for entry in graphs.values():
+            (staging / entry["file"]).replace(out_dir / entry["file"])
+        (staging / "manifest.json").replace(out_dir / "manifest.json")
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""Parity metrics and the one table of tolerances per precision (documented in the README).
+
+Compare the right way: the reference is float64; logits are judged by max abs, relative L2, KL
+(mean/max) and top-1 agreement; log-likelihoods by the mean |Δ log p| of the next sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Upper bounds (lower bound for top1) that a graph of one precision must meet."""
+
+    max_abs: float  # max |logit − reference logit|
+    rel_l2: float  # ‖logits − ref‖₂ / ‖ref‖₂
+    kl_mean: float  # mean KL(softmax(ref) ‖ softmax(logits)) over positions, nats
+    kl_max: float  # max of the same
+    top1: float  # minimum fraction of positions whose argmax agrees
+    ll_diff: float  # mean |log p − reference log p| of the next token, nats per sample
+    generation_identical: bool  # seeded generation must equal the reference exactly
+
+
+# One table, documented in the README. Measured on the trained demo model with ONNX Runtime
+# (`wn-export parity`, worst check): FP32 max_abs 4.1e-5, rel_l2 2.1e-7, kl_mean 6.8e-13, kl_max 1.3e-11,
+# top1 0.9999, ll_diff 7.1e-7; FP16 max_abs 0.109, rel_l2 5.7e-4, kl_mean 3.9e-6, kl_max 1.1e-4,
+# top1 0.988, ll_diff 1.7e-3. FP32 bounds sit 25–100× above that, FP16 bounds 3–15×.
+TOLERANCES = {
+    "fp32": Tolerance(max_abs=1e-3, rel_l2=1e-5, kl_mean=1e-10, kl_max=1e-9, top1=0.999, ll_diff=2e-5,
+                      generation_identical=True),
+    "fp16": Tolerance(max_abs=0.3, rel_l2=3e-3, kl_mean=5e-5, kl_max=1e-3, top1=0.97, ll_diff=5e-3,
+                      generation_identical=False),
+}
+
+
+MOL_GENERATION_ATOL = 1e-4  # |Δ sample| within which two generated mixture-of-logistics samples agree
+
+
+def logit_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """test, ref (…, Q) → max abs, rel L2, KL mean/max, top-1 agreement (reference in float64)."""
+    t, r = test.astype(np.float64).reshape(-1, test.shape[-1]), ref.astype(np.float64).reshape(-1, ref.shape[-1])
+    lr = r - r.max(-1, keepdims=True)
+    lr -= np.log(np.exp(lr).sum(-1, keepdims=True))
+    lt = t - t.max(-1, keepdims=True)
+    lt -= np.log(np.exp(lt).sum(-1, keepdims=True))
+    kl = (np.exp(lr) * (lr - lt)).sum(-1)
+    return {"max_abs": float(np.abs(t - r).max()),
+            "rel_l2": float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-30)),
+            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
+            "top1": float((t.argmax(-1) == r.argmax(-1)).mean())}
+
+
+MOL_GENERATION_ATOL = 1e-4  # |Δ sample| within which two generated mixture-of-logistics samples agree
+
+
+def param_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Raw mixture-of-logistics parameters: max abs and relative L2 error (no distribution metrics)."""
+    t, r = test.astype(np.float64), ref.astype(np.float64)
+    return {"max_abs": float(np.abs(t - r).max()),
+            "rel_l2": float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-30))}
+
+
+def model_inputs(cfg, tokens: np.ndarray) -> np.ndarray:
+    """What the graphs take for μ-law tokens: the tokens, or a scalar model's float32 samples."""
+    if not cfg.scalar_input:
+        return tokens
+    if cfg.scalar_mulaw:
+        return (2.0 * np.asarray(tokens) / (cfg.quantization_channels - 1) - 1.0).astype(np.float32)
+    from reference_model.mulaw import mulaw_decode
+
+    return mulaw_decode(tokens, cfg.quantization_channels)
+
+
+def log_prob_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    d = test.astype(np.float64) - ref
+    return {"ll_diff": float(np.abs(d).mean()), "ll_total_diff": float(d.sum() / max(d.size, 1)),
+            "ll_ref": float(ref.mean())}
+
+
+@dataclass
+class Check:
+    name: str  # e.g. "scoring/speech/b1"
+    graph: str
+    precision: str
+    metrics: dict[str, float]
+    failures: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return not self.failures
+
+
+def judge(name: str, graph: str, precision: str, metrics: dict[str, float]) -> Check:
+    tol = TOLERANCES[precision]
+    failures = []
+    for key, value in metrics.items():
+        bound = getattr(tol, key, None)
+        if bound is None or isinstance(bound, bool):
+            continue
+        ok = value >= bound if key == "top1" else value <= bound
+        if not ok:
+            failures.append(f"{key} {value:.3g} {'<' if key == 'top1' else '>'} {bound:g}")
+    if "first_divergence" in metrics and tol.generation_identical and metrics["first_divergence"] >= 0:
+        failures.append(f"generation diverged at sample {int(metrics['first_divergence'])}")
+    return Check(name, graph, precision, metrics, failures)
+
+
