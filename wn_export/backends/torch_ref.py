@@ -20,16 +20,21 @@ def _tensor(a, dtype=None):
     return torch.as_tensor(np.ascontiguousarray(a) if a.flags.writeable else a.copy(), dtype=dtype)
 
 
-class TorchScoringRunner(ScoringRunner):
+class _Reference:
+    """A runner over a reference `WaveNet` in `dtype`; from a manifest, the checkpoint it records."""
+
     name = "torch"
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, graph: str, checkpoint: Path | None = None) -> "TorchScoringRunner":
+    def from_manifest(cls, manifest: Manifest, graph: str, checkpoint: Path | None = None):
         return cls(reference_model_for(manifest, checkpoint))
 
     def __init__(self, model: WaveNet, dtype: torch.dtype = torch.float64):
         self.model = model.to(dtype).eval()
         self.dtype = dtype
+
+
+class TorchScoringRunner(_Reference, ScoringRunner):
 
     @torch.no_grad()
     def infer(self, tokens, cond=None, speaker=None):
@@ -46,19 +51,12 @@ class TorchScoringRunner(ScoringRunner):
         return self.model.upsample(_tensor(cond, self.dtype)).numpy()
 
 
-class TorchStepRunner(StepRunner):
+class TorchStepRunner(_Reference, StepRunner):
     """Reference step loop. Runs single-threaded while active: one sample's ops are tiny, and
     intra-op threads only add synchronisation (≈ 75× slower per conv on 2 busy cores)."""
 
-    name = "torch"
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, graph: str, checkpoint: Path | None = None) -> "TorchStepRunner":
-        return cls(reference_model_for(manifest, checkpoint))
-
     def __init__(self, model: WaveNet, dtype: torch.dtype = torch.float64):
-        self.model = model.to(dtype).eval()
-        self.dtype = dtype
+        super().__init__(model, dtype)
         self.state = None
         self.speaker = None
         self._threads = None

@@ -24,9 +24,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from reference_model.atomic import atomic_write_bytes
-
-from ..errors import ArtifactError
-from .specs import DISTRIBUTION_ROLES, FEED_ROLES, GRAPH_KINDS, LAYOUTS, GraphSpec, graph_name
+from wn_export.contract.specs import (
+    DISTRIBUTION_ROLES,
+    FEED_ROLES,
+    GRAPH_KINDS,
+    LAYOUTS,
+    GraphSpec,
+    StateSpec,
+    TensorSpec,
+    graph_name,
+)
+from wn_export.errors import ArtifactError
 
 FORMAT = "wn-export/1"
 FILENAME = "manifest.json"
@@ -65,27 +73,9 @@ def write_manifest(directory: Path, data: dict) -> None:
 
 
 # ---- typed records -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TensorRecord:
-    name: str
-    role: str
-    dtype: str
-    shape: tuple  # ints and symbolic dim names
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class StateRecord:
-    input: str
-    output: str
-    dtype: str
-    shape: tuple
-    init: float = 0.0
-    update: str = "replace"  # replace: the output is the next input | ring: rows written at position
-    position: str | None = None
-    rings: tuple[tuple[int, int], ...] = ()  # ring: (offset, length) per output row
+# A graph's tensors and state pairs are read back into the very specs the export wrote them from.
+TensorRecord = TensorSpec
+StateRecord = StateSpec
 
 
 @dataclass(frozen=True)
