@@ -302,7 +302,8 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
                 reference = TorchStepRunner(model, torch.float32)
                 for rnd in range(rounds):
                     for name, (layout, runner) in ort_runners.items():
-                        notes[name] = f"{layout} state, {runner.setup}, {_threads(runner.threads_for(B))}"
+                        notes[name] = (f"{layout} state, {runner.setup}, {_threads(runner.threads_for(B))}"
+                                       + (f" (not fused: {runner.unfused})" if runner.unfused else ""))
                         say(f"batch {B}, round {rnd + 1}/{rounds}: {name}")
                         runs.setdefault(name, []).append(timer(host_loop(runner)))
                     say(f"batch {B}, round {rnd + 1}/{rounds}: torch reference step")
