@@ -6,7 +6,10 @@ Each importer reads the other implementation's checkpoint, folds what our model 
 the setting.
 """
 
-from .common import ImportError_, fold_weight_norm, load_torch_state_dict
+from .common import ImportError_, check_output, fold_weight_norm, load_torch_state_dict
+from .ibab import import_ibab
+from .keras import import_keras
 from .r9y9 import R9Y9_DEFAULTS, import_r9y9
 
-__all__ = ["ImportError_", "fold_weight_norm", "load_torch_state_dict", "import_r9y9", "R9Y9_DEFAULTS"]
+__all__ = ["ImportError_", "check_output", "fold_weight_norm", "load_torch_state_dict", "import_r9y9",
+           "R9Y9_DEFAULTS", "import_ibab", "import_keras"]
