@@ -247,6 +247,11 @@ def test_cli_refuses_without_params_and_never_overwrites_an_input(tmp_path):
                                       "-o", str(d / target)])
         assert r.exit_code != 0 and "is an input of the import" in r.output and "Traceback" not in r.output
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    (tmp_path / "empty").mkdir()
+    for checkpoint, message in ((tmp_path / "empty", "without a 'checkpoint' file"),
+                                (tmp_path / "nowhere" / "model.ckpt-1", "does not exist")):
+        r = CliRunner().invoke(main, ["import", "ibab", str(checkpoint), "-o", str(tmp_path / "m.safetensors")])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
 
 
 # ---- what cannot be mapped ----------------------------------------------------------------------------
@@ -281,6 +286,11 @@ L0 = "wavenet/dilated_stack/layer0/"
      "layer5/dense has shape [1, 6, 5], which contradicts"),  # the unused last dense is checked too
     ("onehot-bias", lambda t, p: t.update({"wavenet/dilated_stack/layer1/skip": np.zeros((1, 6), np.float32)}),
      "layer1/skip has shape [1, 6], which contradicts"),
+    ("onehot-bias", lambda t, p: t.update({L0 + "filter": np.zeros((2, 8), np.float32)}),
+     "variable wavenet/dilated_stack/layer0/filter has shape [2, 8]; expected rank 3"),
+    ("onehot-nobias-k3", lambda t, p: [t.update({n: a[:1]}) for n, a in list(t.items())
+                                       if n.endswith(("/filter", "/gate"))] and p.pop("filter_width"),
+     "the checkpoint maps to no valid config: invalid WaveNet config: kernel_size must be an integer >= 2"),
     ("onehot-bias", lambda t, p: p.update(residual_channels=16),
      "params residual_channels=16, but the checkpoint has 8"),
     ("onehot-bias", lambda t, p: p.update(use_biases=False), "params use_biases=False, but the checkpoint has True"),
@@ -352,26 +362,36 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def write_bundle(prefix: Path, entries: dict[str, bytes], header: bytes | None, data: bytes, kind: int = 0) -> None:
-    """A tensor bundle in the table format (one data block, no prefix compression; `header` None: none),
-    for the refusal cases."""
-    def block(items) -> bytes:
-        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in items)
-        return body + struct.pack("<II", 0, 1)
+def _block(items) -> bytes:
+    """A table block: entries without prefix compression, one restart point."""
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in items)
+    return body + struct.pack("<II", 0, 1)
 
+
+def write_table(path: Path, data_block: bytes, kind: int = 0, index_block: bytes | None = None,
+                footer: bytes | None = None) -> None:
+    """A LevelDB-format table: one data block, its index block, an empty metaindex, the footer."""
     out = bytearray()
 
-    def emit(b: bytes) -> bytes:
+    def emit(b: bytes, kind: int = 0) -> bytes:
         offset = len(out)
         out.extend(b + bytes([kind]) + struct.pack("<I", _masked_crc(b + bytes([kind]))))
         return _varint(offset) + _varint(len(b))
 
+    handle = emit(data_block, kind)
+    index = emit(index_block if index_block is not None else _block([(b"\xff", handle)]))
+    meta = emit(_block([]))
+    out.extend(footer if footer is not None else (meta + index).ljust(40, b"\0") + struct.pack("<Q", MAGIC))
+    path.write_bytes(bytes(out))
+
+
+MAGIC = 0xDB4775248B80FB57
+
+
+def write_bundle(prefix: Path, entries: dict[str, bytes], header: bytes | None, data: bytes, kind: int = 0) -> None:
+    """A tensor bundle (`header` None: none), for the refusal cases."""
     items = sorted([(b"", header)] * (header is not None) + [(k.encode(), v) for k, v in entries.items()])
-    handle = emit(block(items))
-    index = emit(block([(b"\xff", handle)]))
-    meta = emit(block([]))
-    out.extend((meta + index).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
-    Path(f"{prefix}.index").write_bytes(bytes(out))
+    write_table(Path(f"{prefix}.index"), _block(items), kind)
     Path(f"{prefix}.data-00000-of-00001").write_bytes(data)
 
 
@@ -413,6 +433,23 @@ def test_reader_refuses_what_it_cannot_read(tmp_path, entry, header, kind, messa
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("table, message", [
+    (dict(footer=b"\xff" * 40 + struct.pack("<Q", MAGIC)), "footer: truncated or malformed varint"),
+    (dict(index_block=_block([(b"\xff", _varint(10_000) + _varint(50))])), "data block at 10000+50 lies outside"),
+    (dict(data_block=b"\0\0"), "data block is too short"),
+    (dict(data_block=struct.pack("<I", 1000)), "data block has a malformed restart array"),
+    (dict(data_block=_varint(0) + _varint(5) + _varint(100) + b"abcde" + struct.pack("<II", 0, 1)),
+     "data block has an entry running past its end"),
+    (dict(data_block=_block([(b"", b""), (b"w", b"\xff\xff")])), "the entry of w does not parse"),
+], ids=["varint", "outside", "short", "restarts", "entry", "proto"])
+def test_reader_refuses_malformed_tables(tmp_path, table, message):
+    table = {"data_block": _block([(b"", _header())])} | table
+    write_table(tmp_path / "m.index", **table)
+    with pytest.raises(CheckpointError) as e:
+        TFCheckpoint(tmp_path / "m")
+    assert message in str(e.value)
+
+
 def test_reader_refuses_damaged_and_missing_files(tmp_path):
     d = _copy(tmp_path, "onehot-nobias-k3")
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -425,6 +462,7 @@ def test_reader_refuses_damaged_and_missing_files(tmp_path):
     (tmp_path / "checkpoint").write_text("all_model_checkpoint_paths: 'x'\n")
     with pytest.raises(CheckpointError, match="names no model_checkpoint_path"):
         TFCheckpoint(tmp_path)
+    assert TFCheckpoint(d / "model.ckpt-7.data-00000-of-00001").prefix == d / "model.ckpt-7"
     index = d / "model.ckpt-7.index"
     good = index.read_bytes()
     index.write_bytes(good[:-1] + b"\0")

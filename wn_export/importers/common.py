@@ -73,11 +73,9 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def check_output(output, inputs) -> None:
-    """Refuse an output path that is one of the import's inputs (or a directory): an import never
-    overwrites what it reads. `inputs`: paths, None for an absent optional input."""
+    """Refuse an output path that is one of the import's inputs: an import never overwrites what it reads.
+    `inputs`: paths, None for an absent optional input."""
     output = Path(output)
-    if output.is_dir():
-        raise ImportError_(f"output {output} is a directory; give the checkpoint file to write")
     target = output.resolve()
     for path in inputs:
         if path is not None and Path(path).exists() and Path(path).resolve() == target:

@@ -262,12 +262,8 @@ def _plan(cfg: WaveNetConfig, naming: str | None) -> dict[str, tuple[str, Callab
 def _check_shapes(cfg: WaveNetConfig, plan: dict, shapes: dict) -> None:
     """Every variable (the unused last dense too) against the shape the config implies, before reading."""
     expected = {k: tuple(v.shape) for k, v in WaveNet(cfg).state_dict().items()}
-    missing = sorted(set(expected) - set(plan))
-    if missing:
-        raise ImportError_(f"the checkpoint lacks what {', '.join(missing[:4])} needs")
-    for ours, (theirs, transform) in plan.items():
-        if theirs not in shapes:
-            raise ImportError_(f"variable {theirs} is missing")
+    assert set(plan) == set(expected), sorted(set(plan) ^ set(expected))  # the plan follows the config
+    for ours, (theirs, transform) in plan.items():  # every name in the plan was checked present by _config
         want = _theirs_shape(transform, expected[ours])
         if list(shapes[theirs]) != want:
             raise ImportError_(f"variable {theirs} has shape {list(shapes[theirs])}, which contradicts the "

@@ -156,6 +156,8 @@ class _Stack:
 
 
 class _Matcher:
+    """Walks the graph from the input through the canonical loop; `fail` names the first layer off it."""
+
     def __init__(self, graph: _Graph):
         self.g = graph
         self.matched: set[str] = set()
@@ -167,6 +169,13 @@ class _Matcher:
         self.matched.add(layer.name)
         return layer
 
+    def follow(self, layer: _Layer, expected: str, fits) -> _Layer:
+        """The only consumer of `layer`, which must satisfy `fits`."""
+        nxt = self.g.only_consumer(layer)
+        if nxt is None or not fits(nxt):
+            self.fail(nxt or layer, expected)
+        return self.take(nxt)
+
     def match(self) -> _Stack:
         g = self.g
         if len(g.inputs) != 1:
@@ -176,94 +185,71 @@ class _Matcher:
             raise ImportError_(f"the model has {len(g.outputs)} outputs; a WaveNet here has one")
         stack = self.front(g.inputs[0])
         x = stack.front
-        while True:
-            residual = self.layer(x, stack)
-            if residual is None:
-                break
-            x = residual
-        total = self.skip_sum(stack)
-        self.head(total, stack)
+        while x is not None:  # the last layer has no residual Add
+            x = self.layer(x, stack)
+        self.head(self.skip_sum(stack), stack)
         unmatched = [layer for layer in g.layers.values() if layer.name not in self.matched]
         if unmatched:
-            first = min(unmatched, key=lambda x: x.index)
-            self.fail(first, "no further layers")
+            self.fail(min(unmatched, key=lambda x: x.index), "no further layers")
         return stack
 
     # ---- input and front end -------------------------------------------------------------------
     def front(self, inp: _Layer) -> _Stack:
-        if inp.kind != "InputLayer":
-            self.fail(inp, "an InputLayer")
-        self.take(inp)
         shape = inp.config.get("batch_shape") or inp.config.get("batch_input_shape")
-        if not isinstance(shape, list) or len(shape) not in (2, 3):
-            self.fail(inp, "an input of shape (time,) of μ-law tokens, (time, Q) one-hot or (time, 1) scalar")
-        front = self.g.only_consumer(inp)
-        if front is None:
-            self.fail(inp, "a single layer reading the input (Embedding or Conv1D)")
-        self.take(front)
+        if inp.kind != "InputLayer" or not isinstance(shape, list) or len(shape) not in (2, 3) \
+                or len(shape) == 3 and (not isinstance(shape[2], int) or shape[2] < 1):
+            self.fail(inp, "an InputLayer of shape (time,) μ-law tokens, (time, Q) one-hot or (time, 1) scalar")
+        self.take(inp)
         if len(shape) == 2:
-            if front.kind != "Embedding":
-                self.fail(front, "an Embedding of the μ-law tokens")
+            front = self.follow(inp, "an Embedding of the μ-law tokens (the input's only reader)",
+                                lambda x: x.kind == "Embedding")
             return _Stack(front, "embedding", int(front.get("input_dim")))
-        channels = shape[2]
-        if not isinstance(channels, int) or channels < 1:
-            self.fail(inp, "a known number of input channels")
-        self.conv(front, kernel=None, expected="a Conv1D front end over the one-hot or scalar input")
-        if front.get("kernel_size") > 1 and front.get("padding") != "causal":
-            self.fail(front, 'padding="causal" (a front-end convolution wider than 1 must be causal)')
-        return _Stack(front, "scalar" if channels == 1 else "onehot", 0 if channels == 1 else channels)
+        front = self.follow(inp, 'a Conv1D front end (linear, padding="causal" unless 1 wide) over the one-hot '
+                                 "or scalar input (the input's only reader)",
+                            lambda x: self.is_conv(x, None) and (x.get("kernel_size") == 1 or x.get("padding") == "causal"))
+        return _Stack(front, "scalar" if shape[2] == 1 else "onehot", 0 if shape[2] == 1 else shape[2])
 
-    def conv(self, layer: _Layer, kernel: int | None, expected: str, activation: str | tuple = "linear") -> None:
-        """A Conv1D that maps: stride 1, one group, channels last, the given kernel size and activation."""
-        ok = (layer.kind == "Conv1D" and layer.get("strides", 1) == 1 and layer.get("groups", 1) == 1
-              and layer.get("data_format", "channels_last") == "channels_last"
-              and (kernel is None or layer.get("kernel_size") == kernel)
-              and layer.get("activation") in ((activation,) if isinstance(activation, str) else activation))
-        if kernel == 1 and ok and layer.get("dilation_rate", 1) != 1:
-            ok = False
-        if not ok:
-            self.fail(layer, expected)
+    @staticmethod
+    def is_conv(layer: _Layer, kernel: int | None, activations=("linear",)) -> bool:
+        """A Conv1D that maps: stride 1, one group, channels last, the kernel size (1: undilated), activation."""
+        return (layer.kind == "Conv1D" and layer.get("strides", 1) == 1 and layer.get("groups", 1) == 1
+                and layer.get("data_format", "channels_last") == "channels_last"
+                and layer.get("activation") in activations
+                and (kernel is None or layer.get("kernel_size") == kernel
+                     and (kernel != 1 or layer.get("dilation_rate", 1) == 1)))
 
     # ---- one residual layer --------------------------------------------------------------------
     def layer(self, x: _Layer, stack: _Stack) -> _Layer | None:
         """Match layer i reading x → the next layer's input (its residual Add), or None for the last layer."""
-        i = len(stack.layers)
-        where = f"layer {i} of the stack"
-        convs = [self.g.layers[c] for c in x.consumers if self.g.layers[c].kind == "Conv1D"]
-        acts = {c.get("activation"): c for c in convs}
-        if len(convs) != 2 or set(acts) != {"tanh", "sigmoid"}:
-            culprit = next((self.g.layers[c] for c in x.consumers if self.g.layers[c].kind != "Conv1D"
-                            or self.g.layers[c].get("activation") not in ("tanh", "sigmoid")), None)
-            self.fail(culprit or (convs[2] if len(convs) > 2 else x),
-                      f"the filter Conv1D (activation tanh) and gate Conv1D (sigmoid) of {where}")
-        f, gate = acts["tanh"], acts["sigmoid"]
+        where = f"layer {len(stack.layers)} of the stack"
+        readers = [self.g.layers[c] for c in x.consumers]
+        gated: dict[str, _Layer] = {}
+        for c in readers:  # the first tanh and the first sigmoid Conv1D
+            if c.kind == "Conv1D" and c.get("activation") in ("tanh", "sigmoid"):
+                gated.setdefault(c.get("activation"), c)
+        if set(gated) != {"tanh", "sigmoid"} or sum(c.kind == "Conv1D" for c in readers) != 2:
+            extras = [c for c in readers if c.kind != "Add" and (  # an Add is the residual's, checked later
+                c.kind != "Conv1D" or c.get("activation") not in gated or c is not gated[c.get("activation")])]
+            culprit = min(extras, key=lambda c: c.index) if extras else x
+            self.fail(culprit, f"the filter Conv1D (activation tanh) and gate Conv1D (sigmoid) of {where}")
+        f, gate = gated["tanh"], gated["sigmoid"]
         for c in (f, gate):
-            self.conv(c, None, f'a causal dilated Conv1D of {where} (strides 1, groups 1, channels_last)',
-                      c.get("activation"))
-            if c.get("padding") != "causal":
-                self.fail(c, f'padding="causal" in {where}')
-            if c.get("kernel_size") < 2:
-                self.fail(c, f"a kernel size of at least 2 in {where}")
+            if not self.is_conv(c, None, (c.get("activation"),)) or c.get("padding") != "causal" \
+                    or c.get("kernel_size") < 2 or c.get("dilation_rate") != f.get("dilation_rate") \
+                    or c.get("kernel_size") != f.get("kernel_size") or c.get("filters") != f.get("filters"):
+                self.fail(c, f'a Conv1D with padding="causal", kernel size ≥ 2, stride 1, one group, and the '
+                             f"filter's kernel size, dilation and filters in {where}")
             self.take(c)
-        for key in ("kernel_size", "dilation_rate", "filters"):
-            if f.get(key) != gate.get(key):
-                self.fail(gate, f"the same {key} as the filter {f} ({f.get(key)})")
-        product = self.g.only_consumer(f)
-        if product is None or product.kind != "Multiply" or sorted(product.inputs) != sorted([f.name, gate.name]) \
-                or self.g.only_consumer(gate) is not product:
-            self.fail(product or f, f"the Multiply of the filter and gate of {where} (their only consumer)")
-        self.take(product)
+        product = self.follow(f, f"the Multiply of the filter and gate of {where} (their only reader)",
+                              lambda m: m.kind == "Multiply" and sorted(m.inputs) == sorted([f.name, gate.name])
+                              and self.g.only_consumer(gate) is m)
         skip, residual, add = self.outputs(product, x, where)
         stack.layers.append((f, gate, skip, residual))
         return add
 
     def outputs(self, product: _Layer, x: _Layer, where: str):
-        """The skip 1×1, and the residual 1×1 with its Add (None, None for the last layer)."""
+        """The skip 1×1, and the residual 1×1 with its Add (None, None in the last layer)."""
         outs = [self.g.layers[c] for c in product.consumers]
-        for c in outs:
-            self.conv(c, 1, f"the skip and residual 1×1 Conv1Ds of {where}")
-        if len(outs) not in (1, 2):
-            self.fail(outs[2] if outs else product, f"one skip and at most one residual 1×1 Conv1D in {where}")
 
         def residual_add(c: _Layer) -> _Layer | None:
             add = self.g.only_consumer(c)
@@ -272,32 +258,26 @@ class _Matcher:
 
         residuals = [c for c in outs if residual_add(c) is not None]
         skips = [c for c in outs if c not in residuals]
-        if len(skips) != 1:
-            self.fail(outs[-1], f"one skip 1×1 Conv1D and one residual 1×1 Conv1D whose Add reads the layer's "
-                                f"input in {where}")
-        if not residuals:
-            extra = [self.g.layers[c] for c in x.consumers if self.g.layers[c].name not in self.matched]
-            if extra:
-                self.fail(extra[0], f"nothing else reading the input of {where}")
-            return self.take(skips[0]), None, None
-        residual = self.take(residuals[0])
-        add = self.take(residual_add(residual))
+        for c in outs:
+            if not self.is_conv(c, 1) or len(skips) != 1 or len(outs) > 2:
+                self.fail(c if not self.is_conv(c, 1) else outs[-1],
+                          f"one skip 1×1 Conv1D and at most one residual 1×1 Conv1D (whose Add reads the layer's "
+                          f"input) reading the gated product of {where}")
+        skip = self.take(skips[0])
+        residual = self.take(residuals[0]) if residuals else None
+        add = self.take(residual_add(residual)) if residual else None
         extra = [self.g.layers[c] for c in x.consumers if c not in self.matched]
         if extra:
             self.fail(extra[0], f"nothing else reading the input of {where}")
-        return self.take(skips[0]), residual, add
+        return skip, residual, add
 
     # ---- skip sum and head ---------------------------------------------------------------------
     def skip_sum(self, stack: _Stack) -> _Layer:
-        """The tensor that sums every skip output: an Add of all, or a chain / tree of Adds."""
-        skips = {layer[2].name: i for i, layer in enumerate(stack.layers)}
-        if len(skips) == 1:
-            return stack.layers[0][2]
+        """The layer that sums every skip output: one Add of all, or a chain / tree of Adds."""
+        skips = {layer[2].name for layer in stack.layers}
         node = stack.layers[0][2]
         while (nxt := self.g.only_consumer(node)) is not None and nxt.kind == "Add":
             node = nxt
-        if node.kind != "Add":
-            self.fail(self.g.only_consumer(node) or node, "an Add of the skip outputs")
         seen: list[str] = []
 
         def leaves(layer: _Layer) -> None:
@@ -312,43 +292,30 @@ class _Matcher:
 
         leaves(node)
         if sorted(seen) != sorted(skips):
-            self.fail(node, "an Add over every layer's skip output, each once")
+            self.fail(node if node.kind == "Add" else self.g.only_consumer(node) or node,
+                      "an Add over every layer's skip output, each once")
         return node
 
-    def relu(self, layer: _Layer | None) -> bool:
-        return layer is not None and layer.kind in _RELU and all(
-            layer.config.get(k, v) == v for k, v in _RELU[layer.kind].items())
+    @staticmethod
+    def is_relu(layer: _Layer) -> bool:
+        return layer.kind in _RELU and all(layer.config.get(k, v) == v for k, v in _RELU[layer.kind].items())
 
     def head(self, total: _Layer, stack: _Stack) -> None:
-        first = self.g.only_consumer(total)
-        if not self.relu(first):
-            self.fail(first or total, "ReLU (Activation('relu') or ReLU()) after the sum of the skips")
-        self.take(first)
-        conv1 = self.g.only_consumer(first)
-        if conv1 is None:
-            self.fail(first, "the head's first 1×1 Conv1D")
-        self.conv(conv1, 1, "the head's first 1×1 Conv1D (activation linear or relu)", ("linear", "relu"))
-        self.take(conv1)
-        before = conv1
+        relu = self.follow(total, "ReLU (Activation('relu') or ReLU()) after the sum of the skips", self.is_relu)
+        conv1 = self.follow(relu, "the head's first 1×1 Conv1D (activation linear or relu)",
+                            lambda c: self.is_conv(c, 1, ("linear", "relu")))
         if conv1.get("activation") != "relu":
-            relu = self.g.only_consumer(conv1)
-            if not self.relu(relu):
-                self.fail(relu or conv1, "ReLU after the head's first 1×1 Conv1D")
-            before = self.take(relu)
-        conv2 = self.g.only_consumer(before)
-        if conv2 is None:
-            self.fail(before, "the head's output 1×1 Conv1D")
-        self.conv(conv2, 1, "the head's output 1×1 Conv1D (activation linear, or softmax)", ("linear", "softmax"))
-        self.take(conv2)
-        stack.head = (conv1, conv2)
-        stack.softmax = conv2.get("activation") == "softmax"
-        last = conv2
+            conv1_out = self.follow(conv1, "ReLU after the head's first 1×1 Conv1D", self.is_relu)
+        else:
+            conv1_out = conv1
+        conv2 = self.follow(conv1_out, "the head's output 1×1 Conv1D (activation linear or softmax)",
+                            lambda c: self.is_conv(c, 1, ("linear", "softmax")))
+        stack.head, stack.softmax, last = (conv1, conv2), conv2.get("activation") == "softmax", conv2
         after = self.g.only_consumer(conv2)
         if after is not None and not stack.softmax and (
                 after.kind == "Softmax" and after.config.get("axis", -1) in (-1, 2)
                 or after.kind == "Activation" and after.config.get("activation") == "softmax"):
-            last = self.take(after)
-            stack.softmax = True
+            last, stack.softmax = self.take(after), True
         if self.g.outputs[0] is not last:
             self.fail(self.g.only_consumer(last) or last, "the model's output after the head")
 
@@ -409,14 +376,12 @@ def _config(stack: _Stack) -> tuple[WaveNetConfig, list[str]]:
     W = 1 if stack.input_kind == "embedding" else int(stack.front.get("kernel_size"))
     R = int(stack.front.get("output_dim") if stack.input_kind == "embedding" else stack.front.get("filters"))
     D, S, K = int(f0.get("filters")), int(skip0.get("filters")), int(f0.get("kernel_size"))
-    for i, (f, gate, skip, residual) in enumerate(stack.layers):
+    for f, gate, skip, residual in stack.layers:
         for layer, what, want in ((f, "filters", D), (f, "kernel_size", K), (skip, "filters", S),
                                   (residual, "filters", R), (head1, "filters", S)):
             if layer is not None and layer.get(what) != want:
                 raise ImportError_(f"layer {layer} has {what}={layer.get(what)}, but the model's other layers "
                                    f"imply {want}")
-        if residual is None and i < len(stack.layers) - 1:
-            raise ImportError_(f"layer {skip}: layer {i} has no residual 1×1 but is not the last")
 
     def any_bias(layers) -> bool:
         flags = [bool(layer.get("use_bias", True)) for layer in layers if layer is not None]

@@ -245,13 +245,13 @@ class TFCheckpoint:
 
 
 def checkpoint_files(path) -> list[Path]:
-    """The files of the checkpoint `path` names (its index, data shards and meta graph), for the CLI's
-    never-overwrite-an-input check; [] if it names nothing readable."""
+    """The files of the checkpoint `path` names (index, data shards, meta graph; a directory's `checkpoint`
+    file), for the CLI's never-overwrite-an-input check; [] where it names none (the import then refuses it)."""
     try:
         prefix = resolve_prefix(path)
     except CheckpointError:
         return []
-    parent = prefix.parent if prefix.parent.is_dir() else None
-    if parent is None:
-        return []
-    return [p for p in parent.iterdir() if p.name.startswith(prefix.name + ".")] + ([prefix] if prefix.is_file() else [])
+    files = [Path(path) / "checkpoint"] if Path(path).is_dir() else []
+    if prefix.parent.is_dir():
+        files += [p for p in prefix.parent.iterdir() if p.name.startswith(prefix.name + ".") or p == prefix]
+    return files
