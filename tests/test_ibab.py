@@ -316,7 +316,8 @@ L0 = "wavenet/dilated_stack/layer0/"
     ("gc", lambda t, p: p.update(gc_cardinality=5), "params gc_cardinality=5, but the checkpoint has 3"),
     ("onehot-nobias-k3", lambda t, p: t.update({"wavenet/embeddings/gc_embedding": np.zeros((3, 4), np.float32)}),
      "gc_embedding is present but no layer has gc_filter/gc_gate"),
-    ("scalar-w5", lambda t, p: p.update(initial_filter_width=32), "params initial_filter_width=32, but the checkpoint has 5"),
+    ("scalar-w5", lambda t, p: p.update(initial_filter_width=32),
+     "params initial_filter_width=32, but the checkpoint has 5"),
     ("scalar-w5", lambda t, p: p.update(scalar_input=False), "params scalar_input=False, but the checkpoint has True"),
 ])
 def test_unmappable_checkpoints_give_clear_errors(case, change, message):

@@ -36,8 +36,10 @@ def conv(filters, kernel=1, **kw):
 
 
 def build(*, Q=32, R=8, D=6, S=10, K=2, dilations=(1, 2, 4, 8, 1, 2), bias=True, last_residual=True,
-          front="embedding", W=1, skip_sum="single", head_relu="layer", softmax=False, bad=None, seed=0):
-    """The canonical Keras WaveNet; `bad` names one deviation for the refusal tests."""
+          front="embedding", W=1, skip_sum="single", head_relu="layer", softmax=False, mixed_bias=False, bad=None,
+          seed=0):
+    """The canonical Keras WaveNet; `mixed_bias`: no bias in the gates, layer 0's skip and the output conv;
+    `bad` names one deviation for the refusal tests."""
     extra = None
     if front == "embedding":
         inp = keras.Input((None,), dtype="int32", name="tokens")
@@ -61,13 +63,15 @@ def build(*, Q=32, R=8, D=6, S=10, K=2, dilations=(1, 2, 4, 8, 1, 2), bias=True,
         g = conv(D + (bad_here == "filters"), K + (bad_here == "kernel"),
                  padding="same" if bad_here == "same-padding" else "causal",
                  dilation_rate=d * (2 if bad_here == "gate-dilation" else 1),
-                 activation="relu" if bad_here == "relu-gate" else "sigmoid", use_bias=bias, name=f"gate{i}")(x)
+                 activation="relu" if bad_here == "relu-gate" else "sigmoid", use_bias=bias and not mixed_bias,
+                 name=f"gate{i}")(x)
         if bad == "shared" and i == 0:
             g = layers.Activation("sigmoid", name="gate0")(shared(x))
         h = (layers.Add(name="add_not_multiply") if bad_here == "add-not-multiply" else
              layers.Multiply(name=f"gated{i}"))([f, g])
         skip = (layers.Dense(S, name="dense_skip") if bad_here == "dense-skip" else
-                conv(S, 1, strides=2 if bad_here == "strides" else 1, use_bias=bias, name=f"skip{i}"))(h)
+                conv(S, 1, strides=2 if bad_here == "strides" else 1, use_bias=bias and not (mixed_bias and i == 0),
+                     name=f"skip{i}"))(h)
         skips.append(skip)
         if bad_here == "extra-skip":
             skips.append(conv(S, 1, use_bias=bias, name="extra_skip")(h))
@@ -91,7 +95,7 @@ def build(*, Q=32, R=8, D=6, S=10, K=2, dilations=(1, 2, 4, 8, 1, 2), bias=True,
              activation="relu" if head_relu == "fused" else None, use_bias=bias, name="head1")(y)
     if head_relu == "layer":
         y = layers.ReLU(name="relu1")(y)
-    y = conv(Q + (bad == "classes"), 1, use_bias=bias, name="head2")(y)
+    y = conv(Q + (bad == "classes"), 1, use_bias=bias and not mixed_bias, name="head2")(y)
     if softmax:
         y = layers.Softmax(name="softmax")(y)
     if bad == "extra-output":
@@ -109,7 +113,8 @@ CASES = {
     "no bias, no last residual": dict(bias=False, last_residual=False, K=3),
     "one-hot conv front W=3, chained skip sum, fused ReLU, softmax": dict(
         front="onehot", W=3, skip_sum="chain", head_relu="fused", softmax=True, dilations=(1, 2, 4, 1)),
-    "scalar conv front W=4": dict(front="scalar", W=4, dilations=(1, 2, 4, 8)),
+    "scalar conv front W=4, no bias in the gates, one skip and the output conv": dict(
+        front="scalar", W=4, dilations=(1, 2, 4, 8), mixed_bias=True),
     "one-hot 1×1 conv front with bias (→ embedding)": dict(front="onehot", W=1, dilations=(1, 2, 4, 1, 2)),
 }
 
@@ -135,7 +140,8 @@ def test_imported_graphs_match_keras_predict(tmp_path, name):
     case = CASES[name]
     km = build(**case)
     if case.get("last_residual"):  # computed, but it reaches nothing: Keras leaves it out of the saved graph
-        assert "residual5" not in [layer.name for layer in km.layers] and "residual4" in [l.name for l in km.layers]
+        names = [layer.name for layer in km.layers]
+        assert "residual5" not in names and "residual4" in names
     km.save(tmp_path / "m.keras")
     model, notes = import_keras(tmp_path / "m.keras")
     save_checkpoint(model, tmp_path / "m.safetensors")
@@ -147,6 +153,8 @@ def test_imported_graphs_match_keras_predict(tmp_path, name):
     logits_model = keras.Model(km.inputs, km.get_layer("head2").output) if case.get("softmax") else km
     want = logits_model.predict(kx, verbose=0).astype(np.float64)  # (B, T, Q), Keras's own float32 forward
     assert np.abs(want).max() > 0.5
+    if case.get("mixed_bias"):
+        assert any(n.startswith("zero biases for gate0, gate1") for n in notes)
     if case.get("softmax"):
         assert any("softmax" in n for n in notes)
         np.testing.assert_allclose(km.predict(kx, verbose=0), torch.softmax(torch.as_tensor(want), -1).numpy(),

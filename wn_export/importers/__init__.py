@@ -1,6 +1,8 @@
 """Importers: checkpoints of other WaveNet implementations → our reference model (`wn-export import`).
 
-Each importer reads the other implementation's checkpoint, folds what our model does not store
+`r9y9` (wavenet_vocoder PyTorch checkpoints), `ibab` (tensorflow-wavenet TensorFlow checkpoints, read by
+`tf_checkpoint` without TensorFlow) and `keras` (Keras 3 `.keras` files, read with json + h5py). Each
+importer reads the other implementation's checkpoint, folds what our model does not store
 (weight normalisation, biases that add to the same pre-activation), maps the tensors onto
 `reference_model.WaveNet` and returns the model; anything it cannot map raises `ImportError_` naming
 the setting.

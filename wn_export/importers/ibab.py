@@ -109,7 +109,8 @@ def map_ibab(shapes: dict[str, tuple[int, ...]], read: Callable[[str], np.ndarra
         raise ImportError_(f"unknown variable(s) (not ibab's WaveNetModel?): {', '.join(unknown[:6])}")
     cfg, naming = _config(shapes, layers, params, notes)
     plan = _plan(cfg, naming)
-    _check_shapes(cfg, plan, shapes)
+    model = WaveNet(cfg)
+    _check_shapes(model, plan, shapes)
     mapped = {}
     for ours, (theirs, transform) in plan.items():
         value = read(theirs)
@@ -118,7 +119,6 @@ def map_ibab(shapes: dict[str, tuple[int, ...]], read: Callable[[str], np.ndarra
         mapped[ours] = transform(torch.from_numpy(np.asarray(value, dtype=np.float64)))
     if not all(torch.isfinite(v).all() for v in mapped.values()):
         raise ImportError_("the checkpoint contains NaN or Inf weights")
-    model = WaveNet(cfg)
     model.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()})
     return model.eval(), notes
 
@@ -232,6 +232,10 @@ def _same(w: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def _gc(w: torch.Tensor) -> torch.Tensor:
+    return w[0].t().contiguous()  # global-conditioning projection (1, E, D) → Linear weight (D, E)
+
+
 def _plan(cfg: WaveNetConfig, naming: str | None) -> dict[str, tuple[str, Callable]]:
     """Our parameter → (their variable, transform)."""
     stack, post = "wavenet/dilated_stack/layer{}/", "wavenet/postprocessing/"
@@ -254,14 +258,15 @@ def _plan(cfg: WaveNetConfig, naming: str | None) -> dict[str, tuple[str, Callab
             for t, o in parts:
                 plan[ours + o + ".bias"] = (theirs + roles[t], _same)
         if cfg.global_:
-            plan[ours + "speaker_filter.weight"] = (theirs + "gc_filter", lambda w: w[0].t().contiguous())
-            plan[ours + "speaker_gate.weight"] = (theirs + "gc_gate", lambda w: w[0].t().contiguous())
+            plan[ours + "speaker_filter.weight"] = (theirs + "gc_filter", _gc)
+            plan[ours + "speaker_gate.weight"] = (theirs + "gc_gate", _gc)
     return plan
 
 
-def _check_shapes(cfg: WaveNetConfig, plan: dict, shapes: dict) -> None:
-    """Every variable (the unused last dense too) against the shape the config implies, before reading."""
-    expected = {k: tuple(v.shape) for k, v in WaveNet(cfg).state_dict().items()}
+def _check_shapes(model: WaveNet, plan: dict, shapes: dict) -> None:
+    """Every variable (the unused last dense too) against the shape the model needs, before reading."""
+    cfg = model.cfg
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert set(plan) == set(expected), sorted(set(plan) ^ set(expected))  # the plan follows the config
     for ours, (theirs, transform) in plan.items():  # every name in the plan was checked present by _config
         want = _theirs_shape(transform, expected[ours])
@@ -280,4 +285,5 @@ def _theirs_shape(transform, ours: tuple[int, ...]) -> list[int]:
         return list(reversed(ours))
     if transform is _same:
         return list(ours)
-    return [1, ours[1], ours[0]]  # gc projections: (1, E, D) → (D, E)
+    assert transform is _gc
+    return [1, ours[1], ours[0]]

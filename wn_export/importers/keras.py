@@ -150,7 +150,8 @@ class _Stack:
     front: _Layer
     input_kind: str  # embedding | onehot | scalar
     classes: int  # Q of the input (0 for scalar)
-    layers: list[tuple[_Layer, _Layer, _Layer, _Layer | None]] = field(default_factory=list)  # filter, gate, skip, residual
+    # per layer: filter, gate, skip, residual (None in the last layer)
+    layers: list[tuple[_Layer, _Layer, _Layer, _Layer | None]] = field(default_factory=list)
     head: tuple[_Layer, _Layer] | None = None
     softmax: bool = False
 
@@ -206,7 +207,8 @@ class _Matcher:
             return _Stack(front, "embedding", int(front.get("input_dim")))
         front = self.follow(inp, 'a Conv1D front end (linear, padding="causal" unless 1 wide) over the one-hot '
                                  "or scalar input (the input's only reader)",
-                            lambda x: self.is_conv(x, None) and (x.get("kernel_size") == 1 or x.get("padding") == "causal"))
+                            lambda x: self.is_conv(x, None)
+                            and (x.get("kernel_size") == 1 or x.get("padding") == "causal"))
         return _Stack(front, "scalar" if shape[2] == 1 else "onehot", 0 if shape[2] == 1 else shape[2])
 
     @staticmethod
@@ -386,7 +388,8 @@ def _config(stack: _Stack) -> tuple[WaveNetConfig, list[str]]:
     def any_bias(layers) -> bool:
         flags = [bool(layer.get("use_bias", True)) for layer in layers if layer is not None]
         if any(flags) and not all(flags):
-            notes.append(f"zero biases for {', '.join(l.name for l in layers if l is not None and not l.get('use_bias', True))}")
+            missing = [layer.name for layer in layers if layer is not None and not layer.get("use_bias", True)]
+            notes.append(f"zero biases for {', '.join(missing)}")
         return any(flags)
 
     dilated = any_bias([c for layer in stack.layers for c in layer[:2]])
