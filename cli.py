@@ -64,12 +64,12 @@ def import_():
     """Import checkpoints of other WaveNet implementations into our checkpoint format."""
 
 
-def _save_imported(model, notes: list[str], output: Path) -> None:
+def _save_imported(model, notes: list[str], output: Path, prefix: str = "note:") -> None:
     from reference_model import save_checkpoint
 
     save_checkpoint(model, output)
     for note in notes:
-        click.echo(f"assumed {note}", err=True)
+        click.echo(f"{prefix} {note}", err=True)
     click.echo(model.cfg.summary())
     click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
                f"receptive field {model.receptive_field} samples)")
@@ -89,7 +89,7 @@ def import_r9y9_command(checkpoint: Path, hparams_path: Path | None, stacks: int
 
     check_output(output, [checkpoint, hparams_path])
     model, notes = import_r9y9(checkpoint, hparams_path, stacks)
-    _save_imported(model, notes, output)
+    _save_imported(model, notes, output, prefix="assumed")
 
 
 @import_.command("ibab")
