@@ -64,6 +64,17 @@ def import_():
     """Import checkpoints of other WaveNet implementations into our checkpoint format."""
 
 
+def _save_imported(model, notes: list[str], output: Path, prefix: str = "note:") -> None:
+    from reference_model import save_checkpoint
+
+    save_checkpoint(model, output)
+    for note in notes:
+        click.echo(f"{prefix} {note}", err=True)
+    click.echo(model.cfg.summary())
+    click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
+               f"receptive field {model.receptive_field} samples)")
+
+
 @import_.command("r9y9")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", "hparams_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -74,16 +85,41 @@ def import_():
               help="Checkpoint to write (.safetensors).")
 def import_r9y9_command(checkpoint: Path, hparams_path: Path | None, stacks: int | None, output: Path):
     """Import an r9y9 wavenet_vocoder checkpoint (state dict or training checkpoint)."""
-    from reference_model import save_checkpoint
-    from wn_export.importers import import_r9y9
+    from wn_export.importers import check_output, import_r9y9
 
+    check_output(output, [checkpoint, hparams_path])
     model, notes = import_r9y9(checkpoint, hparams_path, stacks)
-    save_checkpoint(model, output)
-    for note in notes:
-        click.echo(f"assumed {note}", err=True)
-    click.echo(model.cfg.summary())
-    click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
-               f"receptive field {model.receptive_field} samples)")
+    _save_imported(model, notes, output, prefix="assumed")
+
+
+@import_.command("ibab")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Their wavenet_params.json (dilations; default: the one beside the checkpoint).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.safetensors).")
+def import_ibab_command(checkpoint: Path, params_path: Path | None, output: Path):
+    """Import an ibab tensorflow-wavenet checkpoint: CHECKPOINT is its prefix (model.ckpt-N), its .index
+    file, or the training directory (its latest checkpoint)."""
+    from wn_export.importers import check_output, import_ibab
+    from wn_export.importers.tf_checkpoint import checkpoint_files
+
+    check_output(output, [*checkpoint_files(checkpoint), params_path])
+    model, notes = import_ibab(checkpoint, params_path)
+    _save_imported(model, notes, output)
+
+
+@import_.command("keras")
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.safetensors).")
+def import_keras_command(model_path: Path, output: Path):
+    """Import a Keras 3 functional WaveNet saved as .keras (read without Keras or TensorFlow)."""
+    from wn_export.importers import check_output, import_keras
+
+    check_output(output, [model_path])
+    model, notes = import_keras(model_path)
+    _save_imported(model, notes, output)
 
 
 @main.command()
