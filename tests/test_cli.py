@@ -9,7 +9,7 @@ import sys
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from wn_export.cli import main
 from reference_model import load_checkpoint
 from tests.conftest import CONFIGS
 

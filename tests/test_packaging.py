@@ -119,7 +119,12 @@ with open_generator({str(export)!r}) as gen:
     assert str(env_dir) in facts["package"] and str(ROOT) not in facts["package"]
     assert facts["fused"], facts["setup"]
     assert list((tmp_path / "cache").glob("ort_ops/*/libwn_ort_ops.so"))
-    # the console script is the package's
+    # the console script is the package's, and the main job runs from it on the fused path
     proc = subprocess.run([str(env_dir / "bin" / "wn-export"), "inspect", str(export)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "step" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(env_dir / "bin" / "wn-export"), "demo", "-c", str(export.parent / "m.safetensors"),
+                           "-o", str(tmp_path / "demo")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "host: onnxruntime: fused layer chain" in proc.stdout and (tmp_path / "demo" / "demo.wav").is_file()

@@ -54,7 +54,8 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
     wav = out_dir / "demo.wav"
     echo(f"\n== generate {samples} samples ({samples / cfg.sample_rate:.2f} s) with the ONNX Runtime host, seed {seed}")
     start = time.perf_counter()
-    written = generate_to_wav(export_dir, wav, samples, backend="onnxruntime", plot=True, seed=seed)
+    written = generate_to_wav(export_dir, wav, samples, backend="onnxruntime", plot=True, seed=seed,
+                              notice=lambda setup: echo(f"host: {setup}"))
     echo(f"wrote {', '.join(map(str, written))} ({samples / (time.perf_counter() - start):,.0f} samples/s "
          "including start-up and plotting)")
     return {"export": export_dir, "wav": wav, "parity": report}
