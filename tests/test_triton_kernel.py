@@ -93,7 +93,7 @@ def test_step_matches_float64_reference(case, precision, batch):
 def test_generated_tokens_equal_the_reference(case, method, temperature):
     """FP32: the runner with the host draw (wn_export.generate) and with the draw in the kernel, 16
     samples per launch, give the float64 reference's tokens for the same seed."""
-    cfg, blocks = CASES[case]
+    cfg = CASES[case][0]  # default tiles: the small ones are proven by the logits test
     n, batch = cfg.receptive_field + 12, 2
     model = random_model(cfg, seed=3)
     _, cond, speaker = _inputs(cfg, batch, n, seed=1)
@@ -101,7 +101,7 @@ def test_generated_tokens_equal_the_reference(case, method, temperature):
     with TorchStepRunner(model.double()) as reference:
         expected = generate(reference, n, batch, quantization_channels=cfg.quantization_channels, **kw)
     assert len(np.unique(expected)) > 3  # a real draw, not a constant stream
-    runner = TritonStepRunner.from_model(model, "fp32", **blocks)
+    runner = TritonStepRunner.from_model(model, "fp32")
     np.testing.assert_array_equal(runner.generate(n, batch, steps_per_launch=16, **kw), expected)
     if method == "sample":
         np.testing.assert_array_equal(generate(runner, n, batch, quantization_channels=cfg.quantization_channels,
@@ -225,9 +225,9 @@ def test_aot_bad_arch_is_one_line():
 @pytest.mark.parametrize("case", ["k2-tiles", "k3-conditioned"])
 def test_kernel_on_cuda_matches_float64_reference(tmp_path, case):
     """The same kernel JIT-compiled for the GPU: logits within tolerance, FP32 tokens equal the reference's."""
-    ckpt = tmp_path / "model.safetensors"
-    save_checkpoint(random_model(CASES[case][0]), ckpt)
-    run = _python(["-m", "wn_export.kernels.triton_check", "parity", "-c", str(ckpt), "--steps", "200",
-                   "--generate", "200"], timeout=600)
+    cfg = tmp_path / "cfg.json"  # random weights from a config: no safetensors needed on the GPU machine
+    cfg.write_text(CASES[case][0].to_json())
+    run = _python(["-m", "wn_export.kernels.triton_check", "parity", "--model", str(cfg), "--scale", "0.4",
+                   "--steps", "200", "--generate", "200"], timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "fp32:" in run.stdout and "fp16:" in run.stdout

@@ -66,10 +66,12 @@ def compile_ptx(cfg: WaveNetConfig, cc: int, precision: str = "fp16", variant: s
     sig = {**signature(precision), **{k: "constexpr" for k in constexprs}}
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(wavenet_steps.arg_names) if n.endswith("_ptr")}
     try:
-        kernel = triton.compile(ASTSource(wavenet_steps, sig, constexprs, aligned),
-                                target=GPUTarget("cuda", cc, 32),
-                                options=dict(num_warps=num_warps, num_stages=1, ptx_version=ptx_version,
-                                             enable_fp_fusion=True))
+        with triton.knobs.compilation.scope():
+            triton.knobs.compilation.disable_line_info = True  # no source paths: the same PTX from any checkout
+            kernel = triton.compile(ASTSource(wavenet_steps, sig, constexprs, aligned),
+                                    target=GPUTarget("cuda", cc, 32),
+                                    options=dict(num_warps=num_warps, num_stages=1, ptx_version=ptx_version,
+                                                 enable_fp_fusion=True))
     except Exception as e:  # noqa: BLE001 - a compiler failure is a backend error with its message
         raise BackendError(f"triton could not compile the step kernel for sm_{cc}: {e}") from None
     ptx = kernel.asm["ptx"]
@@ -132,7 +134,8 @@ def assemble(ptx: str, target: str, ptxas: str) -> dict:
     regs, spills = _REGISTERS.search(log), _SPILLS.search(log)
     if not regs or not spills:
         raise BackendError(f"cannot read registers/spills from the ptxas output: {log.strip()}")
-    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    lines = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    version = [line for line in lines if "release" in line] or lines
     return {"registers": int(regs.group(1)), "stack_bytes": int(spills.group(1)),
             "spill_store_bytes": int(spills.group(2)), "spill_load_bytes": int(spills.group(3)),
             "ptxas": version[-1] if version else ptxas, "command": f"ptxas -v -arch={target} KERNEL.ptx"}
@@ -166,6 +169,12 @@ def load_config(spec: str) -> WaveNetConfig:
 def build(cfg: WaveNetConfig, archs: list[int], directory: Path, precisions=("fp16",), variants=("step",),
           num_warps: int = 4, ptxas: str | None = None, use_ptxas: bool = True, say=print) -> list[dict]:
     """Compile every (variant, precision, arch), write it, assemble it if ptxas is there → the records."""
+    for name, values, known in (("precision", precisions, _WEIGHT), ("variant", variants, VARIANTS)):
+        bad = [v for v in values if v not in known]
+        if bad or not values:
+            raise InputError(f"unknown {name} {', '.join(bad) or '(none given)'} (choose from {', '.join(known)})")
+    if not archs or any(cc < 70 for cc in archs):
+        raise InputError(f"--arch takes compute capabilities ≥ 70 such as 80,90 (got {archs})")
     tool = find_ptxas(ptxas) if use_ptxas else None
     if use_ptxas and tool is None:
         say("ptxas not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin, triton): registers and spills not reported")
@@ -190,39 +199,34 @@ def _csv(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    import click
-
-    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--arch", default="80,90", show_default=True, help="Compute capabilities, comma-separated.")
-    @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--config", "config", default="target", show_default=True,
-                  help="target (30 layers), demo, or a WaveNetConfig JSON file.")
-    @click.option("--precision", default="fp16", show_default=True, help="fp16 and/or fp32, comma-separated.")
-    @click.option("--variant", default="step,sample", show_default=True,
-                  help=f"{', '.join(VARIANTS)}, comma-separated.")
-    @click.option("--num-warps", default=4, show_default=True)
-    @click.option("--ptxas", default=None, help="ptxas to assemble with (default: found on PATH or CUDA_HOME).")
-    @click.option("--no-ptxas", is_flag=True, help="Write PTX only.")
-    def command(arch, output, config, precision, variant, num_warps, ptxas, no_ptxas):
-        """Compile the fused WaveNet step kernel to PTX ahead of time (no GPU needed)."""
-        try:
-            archs = [int(a.removeprefix("sm_")) for a in _csv(arch)]
-        except ValueError:
-            raise InputError(f"--arch takes compute capabilities such as 80,90 (got {arch!r})") from None
-        build(load_config(config), archs, output, _csv(precision), _csv(variant), num_warps, ptxas, not no_ptxas,
-              say=click.echo)
+    """argparse, not click: GPU machines may have the project installed without its dependencies."""
+    import argparse
 
     from reference_model.errors import WNExportError
 
+    parser = argparse.ArgumentParser(prog="python -m wn_export.kernels.triton_aot",
+                                     description="Compile the fused WaveNet step kernel to PTX ahead of time "
+                                                 "(no GPU needed).")
+    parser.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated [80,90]")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="directory for the .ptx and .json files")
+    parser.add_argument("--config", default="target", help="target (30 layers), demo, or a WaveNetConfig JSON file")
+    parser.add_argument("--precision", default="fp16", help="fp16 and/or fp32, comma-separated [fp16]")
+    parser.add_argument("--variant", default="step,sample", help=f"{', '.join(VARIANTS)}, comma-separated [step,sample]")
+    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--ptxas", default=None, help="ptxas to assemble with (default: PATH, CUDA_HOME, triton's)")
+    parser.add_argument("--no-ptxas", action="store_true", help="write PTX only")
+    args = parser.parse_args(argv)
     try:
-        command.main(args=argv, prog_name="python -m wn_export.kernels.triton_aot", standalone_mode=False)
+        try:
+            archs = [int(a.removeprefix("sm_")) for a in _csv(args.arch)]
+        except ValueError:
+            raise InputError(f"--arch takes compute capabilities such as 80,90 (got {args.arch!r})") from None
+        if args.output.exists() and not args.output.is_dir():
+            raise InputError(f"{args.output} exists and is not a directory")
+        build(load_config(args.config), archs, args.output, _csv(args.precision), _csv(args.variant),
+              args.num_warps, args.ptxas, not args.no_ptxas)
     except WNExportError as e:
-        click.echo(f"Error: {e}", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
+        print(f"Error: {e}", file=sys.stderr)
         return 1
     return 0
 

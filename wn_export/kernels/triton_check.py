@@ -1,16 +1,17 @@
 """Parity and throughput of the fused Triton step kernel (`TritonStepRunner`) on the machine at hand.
 
-    python -m wn_export.kernels.triton_check parity [-c demo|CHECKPOINT] [--precision fp32,fp16]
-        [--steps N] [--generate N] [--json FILE]
-    python -m wn_export.kernels.triton_check bench [--config target|demo|CONFIG.json] [--batch 1,64]
-        [--precision fp16] [--num-warps 4,8] [--steps N] [--json FILE]
+    python -m wn_export.kernels.triton_check parity [--model demo|CHECKPOINT|target|CONFIG.json [--scale S]]
+        [--precision fp32,fp16] [--steps N] [--generate N] [--json FILE]
+    python -m wn_export.kernels.triton_check bench [--model target|demo|CHECKPOINT|CONFIG.json] [--batch 1,64]
+        [--precision fp16,fp32] [--num-warps 4,8] [--steps N] [--json FILE]
 
 `parity` teacher-forces the kernel over `--steps` samples of the demo speech (2 streams) and compares
 its logits with the float64 reference (`wn_export.parity.TOLERANCES` of the precision), then generates
 `--generate` samples × 2 streams with the draw on the host (one launch per sample) and in the kernel
 (K samples per launch) and compares the tokens with the float64 reference's (identical for FP32).
 Exit 1 on any failure. `bench` prints samples/s per stream and in aggregate, with the device's name.
-On a CPU it needs TRITON_INTERPRET=1 (numerics only: interpreter speed means nothing).
+On a CPU it needs TRITON_INTERPRET=1 (numerics only: interpreter speed means nothing). Needs torch,
+triton and numpy only (and safetensors for checkpoints): config models get random weights.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ def bench(runner, batch: int, steps: int) -> dict:
     return out
 
 
-# ---- command line ------------------------------------------------------------------------------
-def _load_model(spec: str, dtype=torch.float64) -> WaveNet:
+# ---- command line (argparse: GPU machines may have the project installed without its dependencies) ----
+def _load_model(spec: str, scale: float | None = None, dtype=torch.float64) -> WaveNet:
+    """"demo" or a .safetensors checkpoint; or "target" / a config JSON with random weights (seed 0;
+    N(0, scale²) with `scale`, else PyTorch's default initialisation)."""
     from reference_model import load_checkpoint
 
     from .. import demo_checkpoint
@@ -114,15 +117,21 @@ def _load_model(spec: str, dtype=torch.float64) -> WaveNet:
     if spec.endswith(".safetensors"):
         return load_checkpoint(spec, dtype)
     torch.manual_seed(0)
-    return WaveNet(load_config(spec)).to(dtype).eval()  # default initialisation: throughput only
+    model = WaveNet(load_config(spec))
+    if scale:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, scale)
+    return model.to(dtype).eval()
 
 
-def run_parity(checkpoint: str, precisions, steps: int, n_generate: int, say=print) -> dict:
+def run_parity(model_spec: str, precisions, steps: int, n_generate: int, scale: float | None = None,
+               say=print) -> dict:
     from .. import demo_audio
     from ..audio import wav_tokens
     from .triton_runner import TritonStepRunner
 
-    model = _load_model(checkpoint)
+    model = _load_model(model_spec, scale)
     cfg = model.cfg
     rng = np.random.default_rng(0)
     cond = rng.standard_normal((2, cfg.local_channels, max(steps, n_generate))).astype(np.float32) if cfg.local else None
@@ -131,7 +140,7 @@ def run_parity(checkpoint: str, precisions, steps: int, n_generate: int, say=pri
     speech = np.tile(speech, -(-(steps + len(speech) // 2) // len(speech)))
     tokens = np.stack([speech[:steps], speech[len(speech) // 2:][:steps]])  # (2, steps)
     ref = reference_logits(model, tokens, None if cond is None else cond[:, :, :steps], speaker)
-    report = {"device": device_name(), "checkpoint": checkpoint, "steps": steps, "results": {}}
+    report = {"device": device_name(), "model": model_spec, "steps": steps, "results": {}}
     for precision in precisions:
         runner = TritonStepRunner.from_model(model, precision)
         logits = logit_check(runner.teacher_force(tokens, None if cond is None else cond[:, :, :steps], speaker),
@@ -154,7 +163,7 @@ def run_parity(checkpoint: str, precisions, steps: int, n_generate: int, say=pri
 def run_bench(config: str, batches, precisions, warps, steps: int, say=print) -> dict:
     from .triton_runner import TritonStepRunner
 
-    model = _load_model(config, torch.float32)
+    model = _load_model(config, dtype=torch.float32)
     report = {"device": device_name(), "config": config, "layers": model.cfg.layers, "results": []}
     say(f"device: {report['device']}; {model.cfg.layers} layers, residual {model.cfg.residual_channels}, "
         f"gate {model.cfg.gate_channels}, skip {model.cfg.skip_channels}, Q {model.cfg.quantization_channels}")
@@ -180,51 +189,41 @@ def _write_json(path: Path | None, report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    import click
+    import argparse
 
     from reference_model.errors import WNExportError
 
     csv = lambda s: [t.strip() for t in s.split(",") if t.strip()]  # noqa: E731
-
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-    def cli():
-        """Parity and throughput of the fused Triton step kernel."""
-
-    @cli.command()
-    @click.option("-c", "--checkpoint", default="demo", show_default=True, help="demo or a .safetensors file.")
-    @click.option("--precision", default="fp32,fp16", show_default=True)
-    @click.option("--steps", default=6142, show_default=True, help="Teacher-forced samples per stream.")
-    @click.option("--generate", "n_generate", default=2000, show_default=True, help="Generated samples per stream.")
-    @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-    def parity(checkpoint, precision, steps, n_generate, json_path):
-        """Kernel vs the float64 reference: logits and generated tokens."""
-        report = run_parity(checkpoint, csv(precision), steps, n_generate, say=click.echo)
-        _write_json(json_path, report)
-        if not report["passed"]:
-            raise click.exceptions.Exit(1)
-
-    @cli.command("bench")
-    @click.option("--config", default="target", show_default=True, help="target, demo or a config JSON file.")
-    @click.option("--batch", default="1,64", show_default=True)
-    @click.option("--precision", default="fp16,fp32", show_default=True)
-    @click.option("--num-warps", "warps", default="4,8", show_default=True)
-    @click.option("--steps", default=2000, show_default=True, help="Samples per stream per measurement.")
-    @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-    def bench_command(config, batch, precision, warps, steps, json_path):
-        """samples/s of the kernel per stream and in aggregate."""
-        report = run_bench(config, [int(b) for b in csv(batch)], csv(precision), [int(w) for w in csv(warps)],
-                           steps, say=click.echo)
-        _write_json(json_path, report)
-
+    parser = argparse.ArgumentParser(prog="python -m wn_export.kernels.triton_check",
+                                     description="Parity and throughput of the fused Triton step kernel.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("parity", help="kernel vs the float64 reference: logits and generated tokens")
+    p.add_argument("--model", default="demo", help="demo, a .safetensors checkpoint, target or a config JSON "
+                   "(random weights) [demo]")
+    p.add_argument("--scale", type=float, default=None, help="random weights ~ N(0, scale²) (config models)")
+    p.add_argument("--precision", default="fp32,fp16")
+    p.add_argument("--steps", type=int, default=6142, help="teacher-forced samples per stream [6142]")
+    p.add_argument("--generate", type=int, default=2000, help="generated samples per stream [2000]")
+    p.add_argument("--json", type=Path, default=None)
+    b = sub.add_parser("bench", help="samples/s per stream and in aggregate")
+    b.add_argument("--model", default="target", help="target, demo, a checkpoint or a config JSON [target]")
+    b.add_argument("--batch", default="1,64")
+    b.add_argument("--precision", default="fp16,fp32")
+    b.add_argument("--num-warps", default="4,8")
+    b.add_argument("--steps", type=int, default=2000, help="samples per stream per measurement [2000]")
+    b.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
     try:
-        rc = cli.main(args=argv, prog_name="python -m wn_export.kernels.triton_check", standalone_mode=False)
+        if args.command == "parity":
+            report = run_parity(args.model, csv(args.precision), args.steps, args.generate, args.scale)
+        else:
+            report = run_bench(args.model, [int(x) for x in csv(args.batch)], csv(args.precision),
+                               [int(x) for x in csv(args.num_warps)], args.steps)
+        _write_json(args.json, report)
     except WNExportError as e:
-        click.echo(f"Error: {e}", err=True)
+        print(f"Error: {e}", file=sys.stderr)
         return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    return rc if isinstance(rc, int) else 0
+    return 0 if report.get("passed", True) else 1
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ class TritonStepRunner(StepRunner):
             spare if u is None else u, self.temperature, token if drawn is None else drawn, self.logits,
             self.position, steps, self.cfg.layers, self.layout.state_rows,
             self.scalars["residual_scale"], self.scalars["skip_scale"],
-            **self.constexprs, DRAW=draw, GREEDY=greedy, num_warps=self.num_warps)
+            **self.constexprs, DRAW=draw, GREEDY=greedy, num_warps=self.num_warps, enable_fp_fusion=True)
 
     def _ready(self):
         if self.state is None:
