@@ -43,7 +43,7 @@ def manifests(tmp_path_factory):
 
 def test_registry_refuses_what_it_does_not_know(manifests):
     m = manifests["token"]
-    assert list(REGISTRY) == ["onnxruntime", "torch", "tensorrt"]
+    assert list(REGISTRY) == ["onnxruntime", "torch", "tensorrt", "triton"]
     with pytest.raises(BackendError, match="unknown backend 'cuda'"):
         open_step(m, "cuda")
     with pytest.raises(InputError, match="torch backend does not take threads"):

@@ -9,9 +9,9 @@ import sys
 import torch
 from click.testing import CliRunner
 
-from wn_export.cli import main
 from reference_model import load_checkpoint
 from tests.conftest import CONFIGS
+from wn_export.cli import main
 
 
 def _run(*args):

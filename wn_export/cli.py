@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from wn_export.backends import BACKENDS  # the registry (no heavy imports)
+
 
 class _Group(click.Group):
     def invoke(self, ctx):
@@ -155,7 +157,7 @@ def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_l
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True,
-              help="Backend to check: onnxruntime | tensorrt.")
+              help=f"Backend to check: {' | '.join(BACKENDS)}.")
 @click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference checkpoint (default: the one recorded in the manifest).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -238,7 +240,7 @@ def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
 @click.option("-n", "--samples", required=True, type=int, help="Samples to generate per stream.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="WAV file to write (μ-law decoded, 16-bit); batch > 1 writes OUT-STEM.I.wav per stream.")
-@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime | torch | tensorrt.")
+@click.option("--backend", default="onnxruntime", show_default=True, help=" | ".join(BACKENDS) + ".")
 @click.option("--batch", default=1, show_default=True, help="Streams generated together.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling uniforms (SplitMix64).")
 @click.option("--method", default="sample", show_default=True, help="sample | greedy.")

@@ -5,6 +5,7 @@
 | `onnxruntime` | `backends.onnxruntime.runner`         | the exported ONNX graphs, CPU                   |
 | `torch`       | `backends.torch_ref`                  | the float64 reference from the recorded checkpoint |
 | `tensorrt`    | `backends.tensorrt.runner`            | engines recorded by `wn-export trt`; CUDA GPU   |
+| `triton`      | `backends.triton.runner`              | the fused step kernel (step only); CUDA GPU     |
 
 A backend is added by one `Backend` row here and a module whose runner classes implement
 `base.ScoringRunner` / `base.StepRunner` with a `from_manifest(manifest, graph, **options)` classmethod.
@@ -38,6 +39,9 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
             options=("checkpoint",), reference=True, about="the float64 PyTorch reference"),
     Backend("tensorrt", "wn_export.backends.tensorrt.runner", "TrtStepRunner", "TrtScoringRunner",
             options=("cuda_graph",), engines=True, about="TensorRT engines built by `wn-export trt` (CUDA GPU)"),
+    Backend("triton", "wn_export.backends.triton.runner", "TritonStepRunner", None,
+            options=("device", "num_warps"), about="the fused step kernel in OpenAI Triton (CUDA GPU, or its "
+                                                   "CPU interpreter with TRITON_INTERPRET=1)"),
 )}
 BACKENDS = tuple(REGISTRY)
 

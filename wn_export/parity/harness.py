@@ -133,7 +133,7 @@ def run_parity(directory, backend: str = "onnxruntime", *, checkpoint: Path | No
     for precision in PRECISION_NAMES:
         scoring_name, step_name = graph_name("scoring", precision), graph_name("step", precision)
         scored = {}
-        if scoring_name in available:
+        if scoring_name in available and get_backend(backend).scoring:  # a step-only backend: no scoring
             with open_scoring(manifest, backend, scoring_name) as runner:
                 for k, tok in inputs.items():
                     say(f"{scoring_name} {k}")

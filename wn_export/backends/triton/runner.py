@@ -1,0 +1,194 @@
+"""The fused Triton step kernel behind the `StepRunner` interface: one launch per sample (`step`), or
+K samples per launch with the draw in the kernel (`generate`).
+
+The kernel runs on a CUDA GPU (JIT-compiled by Triton), or on the CPU under Triton's interpreter when
+`TRITON_INTERPRET=1` was set before this module was imported (slow: for tests of its numerics).
+
+    runner = TritonStepRunner(read_manifest(DIR))            # the checkpoint the manifest records
+    runner = TritonStepRunner.from_model(model, "fp16")      # or any reference WaveNet
+    runner.reset(batch, speaker); logits = runner.step(token, cond_t)     # (B, Q) float32
+    tokens = runner.generate(n, batch, seed=0)               # (B, n): same draws as wn_export.generate
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from reference_model import WaveNet
+from reference_model.sampling import METHODS, uniforms
+from wn_export.backends.base import StepRunner
+from wn_export.backends.triton.layout import PRECISIONS, KernelLayout, check_supported
+from wn_export.errors import BackendError, InputError
+
+DEFAULT_STEPS_PER_LAUNCH = 256
+
+
+def load_kernel():
+    """The `wavenet_steps` kernel and whether it runs under the interpreter; one clear error without
+    triton, or without a CUDA GPU outside the interpreter."""
+    try:
+        from wn_export.backends.triton.kernel import wavenet_steps
+    except ImportError as e:
+        raise BackendError(f"the triton backend needs the triton package (pip install triton==3.9.0): {e}") from None
+    interpreted = type(wavenet_steps).__name__ == "InterpretedFunction"
+    if not interpreted and not torch.cuda.is_available():
+        raise BackendError("the triton backend needs a CUDA GPU (none found); set TRITON_INTERPRET=1 to run "
+                           "its kernel on the CPU interpreter (slow)")
+    return wavenet_steps, interpreted
+
+
+class TritonStepRunner(StepRunner):
+    name = "triton"
+
+    def __init__(self, manifest, graph: str = "step", *, device: str | None = None, num_warps: int = 4,
+                 block_h: int | None = None, block_o: int | None = None):
+        """The checkpoint `manifest` (a `Manifest` or an export directory) was exported from, at the
+        precision of its `graph`."""
+        from wn_export.backends.torch_ref import reference_model_for
+        from wn_export.contract.manifest import Manifest, read_manifest
+
+        if not isinstance(manifest, Manifest):
+            manifest = read_manifest(manifest)
+        spec = manifest.graph(graph)
+        if spec.kind != "step":
+            raise BackendError(f"graph {graph!r} is a {spec.kind} graph; the triton backend runs step graphs")
+        check_supported(manifest.config)
+        self._setup(reference_model_for(manifest, None), spec.precision, device, num_warps, block_h, block_o)
+
+    @classmethod
+    def from_model(cls, model: WaveNet, precision: str = "fp32", device: str | None = None, *,
+                   num_warps: int = 4, block_h: int | None = None, block_o: int | None = None) -> TritonStepRunner:
+        runner = cls.__new__(cls)
+        runner._setup(model, precision, device, num_warps, block_h, block_o)
+        return runner
+
+    def _setup(self, model, precision, device, num_warps, block_h, block_o):
+        check_supported(model.cfg)
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r} (the triton backend runs {', '.join(PRECISIONS)})")
+        self.kernel, interpreted = load_kernel()
+        self.device = torch.device(device or ("cpu" if interpreted else "cuda"))
+        if interpreted != (self.device.type == "cpu"):
+            raise BackendError(f"the triton kernel was loaded {'with' if interpreted else 'without'} "
+                               f"TRITON_INTERPRET=1 and cannot run on {self.device}")
+        self.model = copy.deepcopy(model).to(torch.float64).eval()  # speaker projections; generate() reads .cfg
+        self.cfg = model.cfg
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.num_warps = num_warps
+        self.layout = KernelLayout.of(model.cfg, block_h, block_o)
+        self.constexprs = self.layout.constexprs()
+        self.scalars = self.layout.scalars()
+        self.weights = self.layout.pack(model, self.dtype).to(self.device)
+        self.table = self.layout.table().to(self.device)
+        self.temperature = torch.ones(1, dtype=torch.float64, device=self.device)
+        self.state = None
+        self.position = 0
+
+    # ---- StepRunner --------------------------------------------------------------------------
+    def reset(self, batch: int, speaker=None) -> None:
+        self.layout.check_batch(batch)
+        cfg, dev = self.cfg, self.device
+        self.batch = batch
+        self.state = torch.zeros(batch, self.layout.state_rows, cfg.residual_channels, dtype=self.dtype, device=dev)
+        self.speaker = self._speaker(batch, speaker)
+        self.logits = torch.empty(batch, cfg.quantization_channels, dtype=torch.float32, device=dev)
+        self.token = torch.empty(batch, dtype=torch.int64, device=dev)
+        self.position = 0
+
+    def step(self, token, cond_t=None) -> np.ndarray:
+        """token (B,) int64, cond_t (B, C) → logits (B, Q) float32 (a reused buffer)."""
+        self._ready()
+        self.token.copy_(torch.as_tensor(self._tokens(token)))
+        cond = self._cond(None if cond_t is None else np.asarray(cond_t)[:, :, None], 1)
+        self._launch(self.token, cond, 1, draw=False)
+        self.position += 1
+        return self.logits.cpu().numpy()
+
+    # ---- K samples per launch ----------------------------------------------------------------
+    def generate(self, n: int, batch: int = 1, *, seed: int = 0, method: str = "sample", temperature: float = 1.0,
+                 cond: np.ndarray | None = None, speaker=None,
+                 steps_per_launch: int = DEFAULT_STEPS_PER_LAUNCH) -> np.ndarray:
+        """n samples per stream, drawn in the kernel → (batch, n) int64 tokens. The same contract as
+        `wn_export.generate.generate`: zero state, first input Q/2, uniforms(seed, n, batch)[t] for step t."""
+        if n < 1 or steps_per_launch < 1:
+            raise InputError(f"need at least one sample and one step per launch (got n={n}, "
+                             f"steps_per_launch={steps_per_launch})")
+        if method not in METHODS:
+            raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
+        if not temperature > 0:
+            raise InputError(f"temperature must be > 0 (got {temperature}); use greedy sampling instead")
+        if cond is not None and (np.ndim(cond) != 3 or cond.shape[0] != batch or cond.shape[2] < n):
+            raise InputError(f"conditioning must be (batch={batch}, channels, ≥ {n} samples), got {np.shape(cond)}")
+        self.reset(batch, speaker)
+        greedy = method == "greedy"
+        self.temperature.fill_(float(temperature))
+        self.token.fill_(self.cfg.quantization_channels // 2)
+        out = np.empty((batch, n), dtype=np.int64)
+        for t0 in range(0, n, steps_per_launch):
+            k = min(steps_per_launch, n - t0)
+            u = None if greedy else torch.as_tensor(uniforms(seed, k, batch, start=t0)).to(self.device)  # (k, B)
+            drawn = torch.empty(batch, k, dtype=torch.int64, device=self.device)
+            self._launch(self.token, self._cond(None if cond is None else cond[:, :, t0:t0 + k], k), k,
+                         draw=True, greedy=greedy, u=u, drawn=drawn)
+            self.position += k
+            self.token.copy_(drawn[:, -1])
+            out[:, t0:t0 + k] = drawn.cpu().numpy()
+        return out
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _launch(self, token, cond, steps, *, draw, greedy=False, u=None, drawn=None):
+        spare = self.logits  # stands in for the pointers a launch does not read
+        self.kernel[(self.batch,)](
+            self.weights, self.table, self.state, token,
+            spare if cond is None else cond, spare if self.speaker is None else self.speaker,
+            spare if u is None else u, self.temperature, token if drawn is None else drawn, self.logits,
+            self.position, steps, self.cfg.layers, self.layout.state_rows,
+            self.scalars["residual_scale"], self.scalars["skip_scale"],
+            **self.constexprs, DRAW=draw, GREEDY=greedy, num_warps=self.num_warps, enable_fp_fusion=True)
+
+    def _ready(self):
+        if self.state is None:
+            raise InputError("call reset(batch) before step()")
+
+    def _tokens(self, token) -> np.ndarray:
+        t = np.asarray(token)
+        Q = self.cfg.quantization_channels
+        if t.shape != (self.batch,) or not np.issubdtype(t.dtype, np.integer):
+            raise InputError(f"token must be ({self.batch},) integers, got {t.dtype} {t.shape}")
+        if t.size and (t.min() < 0 or t.max() >= Q):
+            raise InputError(f"tokens must be in [0, {Q}) (got {t.min()}…{t.max()})")
+        return t.astype(np.int64)
+
+    def _cond(self, cond, steps):
+        """cond (B, C, steps) or None → (steps, B, C) float32 on the device, or None."""
+        C = self.cfg.local_channels
+        if not self.cfg.local:
+            if cond is not None:
+                raise InputError("this model has no local conditioning; do not pass cond")
+            return None
+        if cond is None or np.ndim(cond) != 3 or np.shape(cond)[:2] != (self.batch, C) or np.shape(cond)[2] < steps:
+            raise InputError(f"this model needs cond of shape (batch={self.batch}, {C}) per sample, "
+                             f"got {None if cond is None else np.shape(cond)}")
+        c = torch.as_tensor(np.ascontiguousarray(np.asarray(cond)[:, :, :steps].transpose(2, 0, 1)), dtype=torch.float32)
+        return c.contiguous().to(self.device)
+
+    def _speaker(self, batch, speaker):
+        cfg = self.cfg
+        if not cfg.global_:
+            if speaker is not None:
+                raise InputError("this model has no global conditioning; do not pass speaker")
+            return None
+        s = None if speaker is None else np.asarray(speaker)
+        if s is None or s.shape != (batch,) or not np.issubdtype(s.dtype, np.integer):
+            raise InputError(f"this model needs speaker ids of shape ({batch},), got "
+                             f"{None if s is None else f'{s.dtype} {s.shape}'}")
+        if s.min() < 0 or s.max() >= cfg.speakers:
+            raise InputError(f"speaker ids must be in [0, {cfg.speakers}) (got {s.min()}…{s.max()})")
+        return self.layout.speaker_projections(self.model, torch.as_tensor(s, dtype=torch.int64)).to(self.device)
+
+
+__all__ = ["TritonStepRunner", "load_kernel"]
