@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from reference_model import WaveNet, WaveNetConfig, save_checkpoint
+# Triton builds its kernels for the interpreter or for a GPU when triton is first imported (torch and keras
+# may import it early): the CPU proof of the fused step kernel needs the interpreter from the start. Tests
+# that need the GPU form run in subprocesses without it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from reference_model import WaveNet, WaveNetConfig, save_checkpoint  # noqa: E402
 
 # Small configs covering the options: kernel 2 and 3, unequal channels, conditioning, scaling.
 CONFIGS = {

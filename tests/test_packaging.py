@@ -88,7 +88,11 @@ def test_wheel_ships_the_native_sources_and_no_top_level_cli(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("wn_ort_ops.cc", "sampler.cc", "third_party/onnxruntime/onnxruntime_c_api.h"):
         assert f"wn_export/_plugins/ort/{name}" in names
-    assert "cli.py" not in names and "wn_export/cli.py" in names
+    assert "cli.py" not in names and "wn_export/cli.py" in names  # no top-level `cli` module in site-packages
+    assert "wn_export/inspect.py" not in names  # no module shadowing the standard library's name
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    base = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert any("matplotlib" in line for line in base)  # the main job's plot needs no extra
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "wn-export = wn_export.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 

@@ -171,11 +171,12 @@ def _python(code_or_args, env_drop=("TRITON_INTERPRET",), **kw):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
-_OPEN = ("from wn_export.backends.triton.runner import TritonStepRunner\n"
-         "from tests.conftest import CONFIGS, random_model\n"
+_OPEN = ("from wn_export.backends.triton.runner import TritonStepRunner\n"  # not tests.conftest: it sets TRITON_INTERPRET
+         "from reference_model import WaveNet, WaveNetConfig\n"
          "from wn_export.errors import BackendError\n"
+         f"cfg = WaveNetConfig.from_json({CONFIGS['k2'].to_json()!r})\n"
          "try:\n"
-         "    TritonStepRunner.from_model(random_model(CONFIGS['k2']))\n"
+         "    TritonStepRunner.from_model(WaveNet(cfg))\n"
          "except BackendError as e:\n"
          "    print(e)\n")
 

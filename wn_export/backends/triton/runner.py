@@ -13,6 +13,7 @@ The kernel runs on a CUDA GPU (JIT-compiled by Triton), or on the CPU under Trit
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ def load_kernel():
     except ImportError as e:
         raise BackendError(f"the triton backend needs the triton package (pip install triton==3.9.0): {e}") from None
     interpreted = type(wavenet_steps).__name__ == "InterpretedFunction"
+    if not interpreted and os.environ.get("TRITON_INTERPRET") == "1":
+        raise BackendError("TRITON_INTERPRET=1 was set after triton was imported, so its kernels were built "
+                           "for a GPU: set it before the process starts")
     if not interpreted and not torch.cuda.is_available():
         raise BackendError("the triton backend needs a CUDA GPU (none found); set TRITON_INTERPRET=1 to run "
                            "its kernel on the CPU interpreter (slow)")
