@@ -93,7 +93,7 @@ class WaveNetStepPlugin final : public IPluginV3,
                                 public nvinfer1::IPluginV3OneRuntime {
  public:
   explicit WaveNetStepPlugin(Fields f) : f_(std::move(f)) { refresh_serialized(); }
-  WaveNetStepPlugin(WaveNetStepPlugin const& o) : f_(o.f_), batch_(o.batch_), rows_(o.rows_) { refresh_serialized(); }
+  WaveNetStepPlugin(WaveNetStepPlugin const& o) : f_(o.f_) { refresh_serialized(); }
   WaveNetStepPlugin& operator=(WaveNetStepPlugin const&) = delete;
   ~WaveNetStepPlugin() override {
     if (module_) cuModuleUnload(module_);
@@ -169,25 +169,24 @@ class WaveNetStepPlugin final : public IPluginV3,
 
   // IPluginV3OneRuntime
   int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t nbOutputs) noexcept override {
-    if (nbInputs != kInputs || nbOutputs != kOutputs || in[kState].dims.nbDims != 3) return -1;
-    batch_ = static_cast<uint32_t>(in[kToken].dims.d[0]);
-    rows_ = static_cast<int32_t>(in[kState].dims.d[1]);
-    return 0;
+    return nbInputs == kInputs && nbOutputs == kOutputs && in[kToken].dims.nbDims == 1 && in[kState].dims.nbDims == 3 ? 0 : -1;
   }
 
-  int32_t enqueue(PluginTensorDesc const*, PluginTensorDesc const*, void const* const* inputs, void* const* outputs,
-                  void*, cudaStream_t stream) noexcept override {
+  int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
+                  void* const* outputs, void*, cudaStream_t stream) noexcept override {
     if (!load()) return -1;
+    auto const batch = static_cast<unsigned>(inputDesc[kToken].dims.d[0]);  // one CTA per stream
+    auto rows = static_cast<int32_t>(inputDesc[kState].dims.d[1]);          // N
+    int32_t layers = f_.layers;
     void* pointers[kInputs + kOutputs];
     for (int32_t i = 0; i < kInputs; ++i) pointers[i] = const_cast<void*>(inputs[i]);
     for (int32_t i = 0; i < kOutputs; ++i) pointers[kInputs + i] = outputs[i];
-    int32_t layers = f_.layers, rows = rows_;
     void* args[kInputs + 2 + kOutputs];
     for (int32_t i = 0; i < kInputs; ++i) args[i] = &pointers[i];
     args[kInputs] = &layers;
     args[kInputs + 1] = &rows;
     for (int32_t i = 0; i < kOutputs; ++i) args[kInputs + 2 + i] = &pointers[kInputs + i];
-    CUresult r = cuLaunchKernel(function_, batch_, 1, 1, static_cast<unsigned>(32 * f_.num_warps), 1, 1,
+    CUresult r = cuLaunchKernel(function_, batch, 1, 1, static_cast<unsigned>(32 * f_.num_warps), 1, 1,
                                 static_cast<unsigned>(f_.shared_bytes), reinterpret_cast<CUstream>(stream), args, nullptr);
     return check(r, "cuLaunchKernel") ? 0 : -1;
   }
@@ -223,8 +222,6 @@ class WaveNetStepPlugin final : public IPluginV3,
   }
 
   Fields f_;
-  uint32_t batch_ = 0;
-  int32_t rows_ = 0;
   CUmodule module_ = nullptr;
   CUfunction function_ = nullptr;
   std::vector<PluginField> fields_;
