@@ -115,6 +115,23 @@ def test_fused_graph_is_one_plugin_node_recorded_like_any_graph(exports, name):
                                         for s in PLUGIN.inputs[:5]]
 
 
+def test_fused_step_refuses_what_the_kernel_lacks_before_writing_anything(tmp_path):
+    from reference_model import WaveNetConfig
+    from wn_export.export.pipeline import export_directory
+
+    cfg = WaveNetConfig(quantization_channels=16, residual_channels=4, gate_channels=4, skip_channels=4, layers=2,
+                        input_kind="scalar")
+    save_checkpoint(random_model(cfg), tmp_path / "scalar.safetensors")
+    with pytest.raises(ExportError, match="--fused-step: the fused step kernel does not support input_kind 'scalar'"):
+        export_directory(tmp_path / "out", tmp_path / "scalar.safetensors", fused_step=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scalar.safetensors"]  # no directory, no staging left
+    # in a process that runs the kernel under the interpreter, PTX cannot be compiled: one clear error
+    save_checkpoint(random_model(CONFIGS["k2"]), tmp_path / "k2.safetensors")
+    with pytest.raises(BackendError, match="unset TRITON_INTERPRET"):
+        export_directory(tmp_path / "out", tmp_path / "k2.safetensors", fused_step=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_hygiene_accepts_the_plugin_domain_for_a_fused_graph_only(exports):
     g = read_manifest(exports["k2"]).graph("step.fused")
     model = onnx.load(str(g.path))
