@@ -3,7 +3,8 @@
 # onnxruntime preinstalled, no TensorRT, no network; the project installed with
 # `pip install --no-deps -e .`). Runs, each step under its own time limit and whatever the others did:
 #   1. the environment: GPU name, driver, versions of torch / triton / onnxruntime / safetensors / pytest
-#   2. the gpu-marked tests (tests/test_engines.py only when TensorRT is importable)
+#   2. the gpu-marked tests (tests/test_engines.py only when TensorRT is importable; tests/test_trt_plugin.py,
+#      the fused step graph's PTX through the CUDA driver, when onnx, click and safetensors are)
 #   3. the fused Triton step kernel vs the float64 reference: the demo checkpoint (needs safetensors)
 #      and the 30-layer target config with random weights
 #   4. its ahead-of-time PTX for this GPU's compute capability, assembled by ptxas (registers, spills)
@@ -69,6 +70,12 @@ if has pytest; then
   has tensorrt || note "- TensorRT is not importable: tests/test_engines.py not run"
   tests=(tests/test_triton_kernel.py)  # the other test modules need the full dependency set to import
   has tensorrt && tests+=(tests/test_engines.py)
+  # the fused step graph's PTX launched as the TensorRT plugins launch it (+ a TensorRT build when importable)
+  if has onnx && has click && has safetensors; then
+    tests+=(tests/test_trt_plugin.py)
+  else
+    note "- onnx, click or safetensors is not installed: tests/test_trt_plugin.py (fused graph's PTX) not run"
+  fi
   step gpu_tests 600 "$py" -m pytest -m gpu -q -rA -p no:cacheprovider "${tests[@]}"
 else
   note "- pytest is not installed: the gpu-marked tests were not run (step 3 runs the same parity)"

@@ -143,12 +143,15 @@ def info(checkpoint: Path | None):
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @click.option("--state-layout", type=click.Choice(["ring", "full"]), default="ring", show_default=True,
               help="Step-graph state layout (README: 'State layout').")
-def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_layout: str):
+@click.option("--fused-step", is_flag=True,
+              help="Also write step.fused[.fp16].onnx: one TensorRT plugin node running the fused step kernel "
+                   "(needs triton; ONNX Runtime cannot run it).")
+def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_layout: str, fused_step: bool):
     """Export the scoring and step graphs (and FP16 variants) with their manifest."""
     from wn_export.export.pipeline import export_directory
 
     manifest = export_directory(out_dir, checkpoint, fp16=fp16, opset=opset, layout=state_layout,
-                                progress=lambda msg: click.echo(msg, err=True))
+                                fused_step=fused_step, progress=lambda msg: click.echo(msg, err=True))
     for name, g in manifest["graphs"].items():
         click.echo(f"{out_dir / g['file']}  {g['precision']}  {g['nodes']} nodes")
     click.echo(f"{out_dir / 'manifest.json'}")
@@ -177,6 +180,8 @@ def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Pa
         report = run_parity(directory, backend, checkpoint=checkpoint, seed=seed,
                             generation_samples=generation_samples, progress=status.update)
     Console(width=200).print(report.table())
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     if json_path:
         text = report.to_json()
         atomic_write_bytes(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -29,6 +29,7 @@ class Backend:
     options: tuple[str, ...] = ()  # keyword options its runners take (anything else is refused)
     engines: bool = False  # runs TensorRT engines recorded in the manifest rather than the ONNX graphs
     reference: bool = False  # the float64 reference (no FP16 variant; reads the recorded checkpoint)
+    plugins: bool = False  # runs fused graphs (one TensorRT plugin node; `wn-export onnx --fused-step`)
     about: str = ""
 
 
@@ -38,7 +39,7 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "wn_export.backends.torch_ref", "TorchStepRunner", "TorchScoringRunner",
             options=("checkpoint",), reference=True, about="the float64 PyTorch reference"),
     Backend("tensorrt", "wn_export.backends.tensorrt.runner", "TrtStepRunner", "TrtScoringRunner",
-            options=("cuda_graph",), engines=True, about="TensorRT engines built by `wn-export trt` (CUDA GPU)"),
+            options=("cuda_graph",), engines=True, plugins=True, about="TensorRT engines built by `wn-export trt` (CUDA GPU)"),
     Backend("triton", "wn_export.backends.triton.runner", "TritonStepRunner", None,
             options=("device", "num_warps"), about="the fused step kernel in OpenAI Triton (CUDA GPU, or its "
                                                    "CPU interpreter with TRITON_INTERPRET=1)"),
@@ -66,7 +67,11 @@ def _open(manifest, backend: str, kind: str, graph: str, options: dict) -> Runne
     if b.engines:
         manifest.engine(graph)  # a clear error before the GPU libraries load
     else:
-        manifest.graph(graph)
+        record = manifest.graph(graph)
+        if record.plugin and not b.plugins:
+            raise BackendError(f"the {backend} backend cannot run {graph}: its body is one {record.plugin} "
+                               "node, a TensorRT plugin; build engines with `wn-export trt` and use "
+                               "--backend tensorrt")
     cls = getattr(import_module(b.module), cls_name)
     return cls.from_manifest(manifest, graph, **options)
 

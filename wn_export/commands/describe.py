@@ -23,7 +23,8 @@ def describe(directory) -> str:
         graph = onnx.load(str(g.path), load_external_data=False)
         ops = Counter(n.op_type for n in graph.graph.node)
         lines.append(f"{name}: {g.path.name}  {g.precision}  {len(graph.graph.node)} nodes  "
-                     f"({', '.join(f'{k} {v}' for k, v in ops.most_common(6))}{', …' if len(ops) > 6 else ''})")
+                     f"({', '.join(f'{k} {v}' for k, v in ops.most_common(6))}{', …' if len(ops) > 6 else ''})"
+                     + (f"  needs the TensorRT plugin {g.plugin}" if g.plugin else ""))
         for kind, tensors in (("in ", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 lines.append(f"    {kind} {t.name:<14} {t.role:<12} {t.dtype:<8} {_shape(t.shape)}")

@@ -13,10 +13,13 @@ from wn_export.contract.manifest import (
 )
 from wn_export.contract.specs import (
                                          LAYOUTS,
+                                         WAVENET_STEP_PLUGIN,
                                          GraphSpec,
+                                         PluginSpec,
                                          Role,
                                          StateSpec,
                                          TensorSpec,
+                                         fused_step_spec,
                                          graph_name,
                                          ring_offsets,
                                          scoring_spec,
@@ -25,5 +28,5 @@ from wn_export.contract.specs import (
 )
 
 __all__ = ["EngineRecord", "GraphRecord", "Manifest", "StateRecord", "TensorRecord", "read_manifest", "sha256",
-           "write_manifest", "LAYOUTS", "GraphSpec", "Role", "StateSpec", "TensorSpec", "graph_name",
-           "ring_offsets", "scoring_spec", "step_spec", "upsample_spec"]
+           "write_manifest", "LAYOUTS", "WAVENET_STEP_PLUGIN", "GraphSpec", "PluginSpec", "Role", "StateSpec",
+           "TensorSpec", "fused_step_spec", "graph_name", "ring_offsets", "scoring_spec", "step_spec", "upsample_spec"]

@@ -4,7 +4,8 @@ Format "wn-export/1" (documented in the README):
 {"format", "receptive_field", "sample_rate", "quantization_channels", "opset", "model": {config},
  "source": {"checkpoint", "sha256"},
  "graphs": {name: {"file", "kind", "precision", "sha256", "nodes", "inputs": [...], "outputs": [...],
-                   ["layout", "state": [...]]}},
+                   ["layout", "state": [...]], ["fused": {"plugin", "version", "kernel", "ptx_target",
+                                                          "ptx_sha256", "threads", "shared_bytes"}]}},
  "engines": {name: {"file", "graph", "onnx", "sha256", "backend", "version", "precision", ...}}
             (added by `wn-export trt`)}
 
@@ -29,6 +30,7 @@ from wn_export.contract.specs import (
     FEED_ROLES,
     GRAPH_KINDS,
     LAYOUTS,
+    WAVENET_STEP_PLUGIN,
     GraphSpec,
     StateSpec,
     TensorSpec,
@@ -52,12 +54,18 @@ def sha256(path: Path) -> str:
 
 
 # ---- writing -------------------------------------------------------------------------------------------
-def graph_entry(spec: GraphSpec, file: str, digest: str, nodes: int) -> dict:
+def graph_entry(spec: GraphSpec, file: str, digest: str, nodes: int, kernel: dict | None = None) -> dict:
+    """`kernel` (fused graphs): the plugin kernel's record (`backends.triton.aot.compile_plugin_ptx` meta)."""
     entry = {"file": file, "kind": spec.kind, "precision": spec.precision, "sha256": digest, "nodes": nodes,
              "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]}
     if spec.kind == "step":
         entry["layout"] = spec.layout
         entry["state"] = [s.to_dict() for s in spec.state]
+    if spec.plugin is not None:
+        k = kernel or {}
+        entry["fused"] = {"plugin": spec.plugin.id, "version": spec.plugin.version, "kernel": k.get("kernel"),
+                          "ptx_target": k.get("target"), "ptx_sha256": k.get("sha256"),
+                          "threads": k.get("threads_per_block"), "shared_bytes": k.get("shared_bytes")}
     return entry
 
 
@@ -91,6 +99,7 @@ class GraphRecord:
     nodes: int | None = None
     layout: str | None = None
     state: tuple[StateRecord, ...] = ()
+    plugin: str | None = None  # a fused graph: the plugin its one node needs ("wn_export::WaveNetStep")
     data: dict = field(default_factory=dict, compare=False, repr=False)  # the raw JSON entry
 
     def input(self, role: str) -> TensorRecord | None:
@@ -267,6 +276,12 @@ def _graph(directory: Path, name: str, obj: Any, where: str) -> GraphRecord:
                     for i, t in enumerate(_list(f.get("outputs", list), where)))
     state = tuple(_state(s, f"{where}.state[{i}]") for i, s in enumerate(f.get("state", list, [])))
     layout = f.choice("layout", LAYOUTS, None)
+    plugin = None
+    if "fused" in obj:
+        fused = _Fields(f.get("fused", dict), f"{where}.fused")
+        plugin = fused.choice("plugin", (WAVENET_STEP_PLUGIN.id,))
+        if kind != "step" or layout != "ring":
+            raise ArtifactError(f"{where}: a fused graph is a step graph with the ring layout")
     if kind == "step":
         if not any(t.role in FEED_ROLES for t in inputs) or not any(t.role in DISTRIBUTION_ROLES for t in outputs):
             raise ArtifactError(f"{where}: a step graph needs a token (or sample) input and a logits "
@@ -276,7 +291,7 @@ def _graph(directory: Path, name: str, obj: Any, where: str) -> GraphRecord:
             if s.input not in names or s.output not in names or (s.position and s.position not in names):
                 raise ArtifactError(f"{where}: state {s.input!r:.40} names tensors the graph does not have")
     return GraphRecord(name, confined(directory, file, where), file, kind, precision, f.get("sha256", str),
-                       inputs, outputs, f.count("nodes", 0, default=None), layout, state, obj)
+                       inputs, outputs, f.count("nodes", 0, default=None), layout, state, plugin, obj)
 
 
 def _engine(directory: Path, name: str, obj: Any, where: str) -> EngineRecord:

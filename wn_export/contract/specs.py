@@ -26,6 +26,11 @@ Step-graph state layouts (`StateLayout`):
 - "full": one tensor per layer `state.{l}` (batch, R, (K−1)·d), oldest first; the graph outputs the
   shifted tensor `state.{l}.next` and the host swaps buffers. Simple, but every step copies the
   whole state.
+
+Fused step graph (`step.fused`, `wn-export onnx --fused-step`): the ring step graph's I/O exactly, but
+its body is ONE custom node, `WAVENET_STEP_PLUGIN` (`wn_export::WaveNetStep`), that TensorRT runs as a
+plugin (the fused Triton kernel's PTX embedded). The node writes `state_update` like the standard graph
+and never writes its `state` input, so hosts apply the same `ring` rule.
 """
 
 from __future__ import annotations
@@ -66,9 +71,50 @@ SEQUENCE_ROLES = (Role.TOKENS, Role.SAMPLES)
 DISTRIBUTION_ROLES = (Role.LOGITS, Role.MOL_PARAMS)
 
 
-def graph_name(kind: str, precision: str = "fp32") -> str:
-    """The manifest's graph name: `step`, `step.fp16`, `scoring`, … (fp32 carries no suffix)."""
-    return kind if precision == "fp32" else f"{kind}.{precision}"
+GRAPH_VARIANTS = ("fused",)  # a step graph whose body is one plugin node
+
+
+def graph_name(kind: str, precision: str = "fp32", variant: str | None = None) -> str:
+    """The manifest's graph name, also its file's stem: `step`, `step.fp16`, `scoring`, `step.fused`,
+    `step.fused.fp16` (fp32 carries no suffix)."""
+    base = kind if variant is None else f"{kind}.{variant}"
+    return base if precision == "fp32" else f"{base}.{precision}"
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """The one custom node of a fused graph, as data: what the ONNX node, TensorRT and both plugin
+    implementations (`backends/tensorrt/plugin.py`, `plugins/trt`) agree on."""
+
+    domain: str  # the node's domain and TensorRT plugin namespace
+    op: str  # the node's op type and plugin name
+    version: str
+    inputs: tuple[str, ...]  # node inputs in order (= the kernel's pointer parameters in order)
+    outputs: tuple[str, ...]  # node outputs in order (= the graph outputs, by name)
+    attributes: tuple[str, ...]  # node attributes = the plugin fields both implementations read
+    scalars: tuple[str, ...]  # the kernel's int32 arguments between the inputs and the outputs
+
+    @property
+    def id(self) -> str:
+        return f"{self.domain}::{self.op}"
+
+    @staticmethod
+    def output_shapes(token_shape, state_shape, layers, classes) -> tuple[tuple, tuple]:
+        """The shape rule (the graph's hygiene and TensorRT's shape inference both use it; any dim
+        objects): token (B,), state (B, N, R) → logits (B, Q), state_update (B, L, R)."""
+        return (token_shape[0], classes), (state_shape[0], layers, state_shape[2])
+
+
+WAVENET_STEP_PLUGIN = PluginSpec(
+    domain="wn_export", op="WaveNetStep", version="1",
+    # token (batch,) int64 | cond (batch, C) float32 | speaker (batch,) int64 | state (batch, N, R) |
+    # position (1,) int64 | weights (size,) packed blob | layer_table (L, 3) int32 | speaker_table
+    # (speakers, L, G) float32; a model without local / global conditioning gets 1-element stand-ins
+    inputs=("token", "cond", "speaker", "state", "position", "weights", "layer_table", "speaker_table"),
+    outputs=("logits", "state_update"),  # (batch, Q) float32, (batch, L, R) state dtype
+    attributes=("ptx", "kernel", "num_warps", "shared_bytes", "layers", "classes"),
+    scalars=("layers", "state_rows"),  # int32 L, int32 N (= state.shape[1])
+)
 
 
 @dataclass(frozen=True)
@@ -110,10 +156,11 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     state: tuple[StateSpec, ...] = field(default=())
     layout: str | None = None
+    plugin: PluginSpec | None = None  # a fused graph: its one custom node
 
     @property
     def name(self) -> str:
-        return graph_name(self.kind, self.precision)
+        return graph_name(self.kind, self.precision, "fused" if self.plugin else None)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
@@ -191,6 +238,13 @@ def step_spec(cfg: WaveNetConfig, precision, layout: str = "ring") -> GraphSpec:
         inputs += [TensorSpec(s.input, "state", dt, s.shape) for s in state]
         outputs += [TensorSpec(s.output, "state", dt, s.shape) for s in state]
     return GraphSpec("step", precision.name, tuple(inputs), tuple(outputs), state, layout)
+
+
+def fused_step_spec(cfg: WaveNetConfig, precision) -> GraphSpec:
+    """The fused step graph: the ring step graph's I/O and state rule, one `WAVENET_STEP_PLUGIN` node."""
+    from dataclasses import replace
+
+    return replace(step_spec(cfg, precision, "ring"), plugin=WAVENET_STEP_PLUGIN)
 
 
 def upsample_spec(cfg: WaveNetConfig) -> GraphSpec:

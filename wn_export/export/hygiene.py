@@ -7,6 +7,11 @@
 3. Only ops the TensorRT ONNX parser supports (`TRT_OPS`, from onnx-tensorrt's operator list).
 4. Constants folded: no node other than `Constant` has only constant inputs.
 5. No unused initializers.
+
+A fused step graph (`plugin` given) is one custom node instead: its domain is accepted for that graph
+only, and checks 2–3 become: exactly one node, the plugin's op in the plugin's domain, with the plugin's
+inputs, outputs and attributes, and the graph's declared output shapes equal to the plugin's shape rule
+(`PluginSpec.output_shapes`) applied to its declared inputs.
 """
 
 from __future__ import annotations
@@ -30,19 +35,23 @@ Tanh Tile TopK Transpose Unsqueeze Where
 """.split())
 
 
-def check_graph(model: onnx.ModelProto, dynamic_dims: set[str], name: str) -> dict:
-    """Run all checks; raise ExportError naming the graph and the first problems. → stats."""
+def check_graph(model: onnx.ModelProto, dynamic_dims: set[str], name: str, plugin=None) -> dict:
+    """Run all checks; raise ExportError naming the graph and the first problems. → stats.
+    `plugin`: a `contract.specs.PluginSpec` for a fused graph (its one custom node)."""
     problems: list[str] = []
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{name}: onnx.checker failed: {str(e).splitlines()[0]}") from None
-    problems += _unknown_shapes(model, dynamic_dims)
     ops = Counter(n.op_type for n in model.graph.node)
-    unsupported = sorted(op for op in ops if op not in TRT_OPS or any(
-        n.domain not in ("", "ai.onnx") for n in model.graph.node if n.op_type == op))
-    if unsupported:
-        problems.append(f"ops not supported by TensorRT's ONNX parser: {', '.join(unsupported)}")
+    if plugin is None:
+        problems += _unknown_shapes(model, dynamic_dims)
+        unsupported = sorted(op for op in ops if op not in TRT_OPS or any(
+            n.domain not in ("", "ai.onnx") for n in model.graph.node if n.op_type == op))
+        if unsupported:
+            problems.append(f"ops not supported by TensorRT's ONNX parser: {', '.join(unsupported)}")
+    else:
+        problems += _plugin_node(model, plugin)
     problems += _foldable(model)
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     unused = [i.name for i in model.graph.initializer if i.name not in used]
@@ -52,6 +61,31 @@ def check_graph(model: onnx.ModelProto, dynamic_dims: set[str], name: str) -> di
         raise ExportError(f"{name} failed graph hygiene: " + "; ".join(problems[:6]))
     return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
             "initializers": len(model.graph.initializer)}
+
+
+def _plugin_node(model: onnx.ModelProto, plugin) -> list[str]:
+    """A fused graph: one node of `plugin`, wired and shaped as the plugin declares."""
+    nodes = model.graph.node
+    if len(nodes) != 1 or (nodes[0].domain, nodes[0].op_type) != (plugin.domain, plugin.op):
+        return [f"a fused graph is one {plugin.id} node (found {', '.join(f'{n.domain}::{n.op_type}' for n in nodes)})"]
+    node, problems = nodes[0], []
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if missing := [a for a in plugin.attributes if a not in attrs]:
+        problems.append(f"the {plugin.op} node lacks attributes {', '.join(missing)}")
+    if len(node.input) != len(plugin.inputs):
+        problems.append(f"the {plugin.op} node has {len(node.input)} inputs, the plugin takes {len(plugin.inputs)}")
+    if list(node.output) != [o.name for o in model.graph.output]:
+        problems.append(f"the {plugin.op} node's outputs {list(node.output)} are not the graph outputs")
+    declared = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+                for v in (*model.graph.input, *model.graph.output)}
+    slots = dict(zip(plugin.inputs, node.input))
+    if not problems and slots["token"] in declared and slots["state"] in declared:
+        want = plugin.output_shapes(declared[slots["token"]], declared[slots["state"]], attrs["layers"],
+                                    attrs["classes"])
+        got = tuple(tuple(declared[o]) for o in node.output)
+        if got != tuple(tuple(w) for w in want):
+            problems.append(f"declared output shapes {got} differ from the plugin's shape rule {want}")
+    return problems
 
 
 def _constant_names(model: onnx.ModelProto) -> set[str]:

@@ -1,4 +1,5 @@
-"""`wn-export onnx`: checkpoint → DIR/{scoring,step[,upsample]}[.fp16].onnx + manifest.json.
+"""`wn-export onnx`: checkpoint → DIR/{scoring,step[,upsample]}[.fp16].onnx + manifest.json
+(+ DIR/step.fused[.fp16].onnx with `fused_step`, see `export.fused`).
 
 Everything is written to a staging directory beside DIR first and moved in only when every graph
 has been exported and passed hygiene; the manifest is moved last. On any error DIR is untouched.
@@ -19,7 +20,7 @@ import torch
 from reference_model import WaveNet, load_checkpoint
 from wn_export import demo_checkpoint
 from wn_export.contract.manifest import build_manifest, graph_entry, sha256, write_manifest
-from wn_export.contract.specs import LAYOUTS
+from wn_export.contract.specs import LAYOUTS, graph_name
 from wn_export.errors import ExportError
 from wn_export.export.hygiene import check_graph
 from wn_export.export.lowering import lower_pass
@@ -111,10 +112,21 @@ def _check_io(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
 PASSES = (_alias_duplicate_initializers, lower_pass, _name, _check_io, _stamp_shapes)
 
 
+def export_fused_step(model: WaveNet, precision, path: Path, opset: int = DEFAULT_OPSET) -> dict:
+    """Write the fused step graph (one plugin node) to `path` after hygiene → its manifest entry."""
+    from wn_export.export.fused import fused_step_model
+
+    graph, spec, kernel = fused_step_model(model, precision, opset)
+    stats = check_graph(graph, {"batch"}, path.name, plugin=spec.plugin)
+    onnx.save(graph, str(path))
+    return graph_entry(spec, path.name, sha256(path), stats["nodes"], kernel)
+
+
 def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False,
-                     opset: int = DEFAULT_OPSET, layout: str = "ring",
+                     opset: int = DEFAULT_OPSET, layout: str = "ring", fused_step: bool = False,
                      progress: Callable[[str], None] | None = None) -> dict:
-    """Export every graph of a checkpoint into `out_dir`; returns the manifest dict."""
+    """Export every graph of a checkpoint into `out_dir`; returns the manifest dict. `fused_step`: also
+    the fused step graph(s), one TensorRT plugin node each (needs triton to compile its PTX)."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: wn-export needs opset >= {MIN_OPSET}")
     if opset > onnx.defs.onnx_opset_version():
@@ -126,19 +138,29 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
         raise ExportError(f"{out_dir} exists and is not a directory")
     checkpoint = Path(checkpoint or demo_checkpoint())
     model = load_checkpoint(checkpoint, torch.float32)
-    jobs = [("scoring", FP32), ("step", FP32)]
+    if fused_step:
+        from wn_export.export.fused import check_fusable
+
+        check_fusable(model.cfg)
+    jobs = [("scoring", FP32, None), ("step", FP32, None)]  # (kind, precision, variant)
     if fp16:
-        jobs += [("scoring", FP16), ("step", FP16)]
+        jobs += [("scoring", FP16, None), ("step", FP16, None)]
     if model.cfg.local:
-        jobs.append(("upsample", FP32))
+        jobs.append(("upsample", FP32, None))
+    if fused_step:
+        jobs += [("step", p, "fused") for p in ((FP32, FP16) if fp16 else (FP32,))]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         graphs = {}
-        for i, (kind, precision) in enumerate(jobs, 1):
-            file = f"{kind}{precision.suffix}.onnx"
+        for i, (kind, precision, variant) in enumerate(jobs, 1):
+            name = graph_name(kind, precision.name, variant)
+            file = f"{name}.onnx"
             if progress:
                 progress(f"[{i}/{len(jobs)}] exporting {file}")
+            if variant == "fused":
+                graphs[name] = export_fused_step(model, precision, staging / file, opset)
+                continue
             result = export_graph(model, kind, precision, staging / file, opset, layout)
             spec = result["spec"]
             graphs[spec.name] = graph_entry(spec, file, sha256(staging / file), result["stats"]["nodes"])

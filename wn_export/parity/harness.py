@@ -46,12 +46,14 @@ class Report:
     directory: str
     backend: str
     checks: list[Check]
+    notes: tuple[str, ...] = ()  # graphs this backend cannot check, and why
 
     def __bool__(self) -> bool:
         return all(self.checks)
 
     def to_json(self) -> str:
         return json.dumps({"directory": self.directory, "backend": self.backend, "passed": bool(self),
+                           "notes": list(self.notes),
                            "tolerances": {k: asdict(v) for k, v in TOLERANCES.items()},
                            "checks": [asdict(c) | {"passed": bool(c)} for c in self.checks]}, indent=2)
 
@@ -103,6 +105,7 @@ def run_parity(directory, backend: str = "onnxruntime", *, checkpoint: Path | No
     out_key, metrics = ("mol_params", param_metrics) if cfg.mol else ("logits", logit_metrics)
     ref = TorchScoringRunner(model)
     checks: list[Check] = []
+    notes: list[str] = []
 
     def conditioning(batch: int, length: int):
         frames = rng.standard_normal((batch, cfg.local_channels, -(-length // cfg.hop_size))) if cfg.local else None
@@ -127,7 +130,9 @@ def run_parity(directory, backend: str = "onnxruntime", *, checkpoint: Path | No
 
     # TensorRT checks the graphs that have engines; the other backends run every graph
     available = set(manifest.engines) if get_backend(backend).engines else set(manifest.graphs)
-    if not available & {"scoring", "step", "scoring.fp16", "step.fp16"}:
+    checkable = {graph_name(kind, p, v) for p in PRECISION_NAMES for kind, v in
+                 (("scoring", None), ("step", None), ("step", "fused"))}
+    if not available & checkable:
         raise ArtifactError(f"{directory} has no {backend} artifacts to check"
                             + (": build engines with `wn-export trt`" if get_backend(backend).engines else ""))
     for precision in PRECISION_NAMES:
@@ -142,7 +147,13 @@ def run_parity(directory, backend: str = "onnxruntime", *, checkpoint: Path | No
                     checks.append(judge(f"scoring/{k}", scoring_name, precision,
                                         metrics(out[out_key], refs[k][out_key])
                                         | log_prob_metrics(out["log_prob"], refs[k]["log_prob"])))
-        if step_name not in available:
+        fused_name = graph_name("step", precision, "fused")
+        if fused_name in available and not get_backend(backend).plugins:
+            notes.append(f"{fused_name} skipped: its body is one {manifest.graph(fused_name).plugin} node, a "
+                         f"TensorRT plugin the {backend} backend cannot run (check it with --backend tensorrt)")
+        steps = [g for g in (step_name, fused_name) if g in available
+                 and (g == step_name or get_backend(backend).plugins)]
+        if not steps:
             continue
         wanted = {}  # the reference generation, computed once for every step session
 
@@ -177,12 +188,13 @@ def run_parity(directory, backend: str = "onnxruntime", *, checkpoint: Path | No
             first = int(differs[0]) if differs.size else -1
             checks.append(judge("step/generation", graph_label, precision,
                                 {"first_divergence": first, "samples": n, "agree": float(same.mean())}))
-        with open_step(manifest, backend, step_name) as runner:
-            step_checks(runner, step_name)
-            fused = getattr(runner, "is_fused", False)
-        if fused:  # the ONNX Runtime host fused the layer chain: check the standard-op session too
-            with open_step(manifest, backend, step_name, fused=False) as runner:
-                step_checks(runner, f"{step_name} (standard ops)")
+        for name in steps:
+            with open_step(manifest, backend, name) as runner:
+                step_checks(runner, name)
+                fused = getattr(runner, "is_fused", False)
+            if fused:  # the ONNX Runtime host fused the layer chain: check the standard-op session too
+                with open_step(manifest, backend, name, fused=False) as runner:
+                    step_checks(runner, f"{name} (standard ops)")
     if not checks:
         raise InputError(f"{directory} holds no graphs to check")
-    return Report(str(directory), backend, checks)
+    return Report(str(directory), backend, checks, tuple(notes))

@@ -12,6 +12,10 @@ CPU-only facts (TensorRT-RTX 1.7, established by experiment):
   The facts `build_engine` returns are taken from the network and profiles at build time and use the
   same schema as `inspect_engine`, so a GPU host can compare the two.
 - Timing-cache APIs are deprecated no-ops in TensorRT-RTX; `timing_cache` is ignored there.
+- Plugins (fused step graphs, `plugin=`): TensorRT-RTX 1.7 has no plugin layers (no `add_plugin_v3`, no
+  ahead-of-time Python plugins) and its ONNX parser aborts the process on a plugin node, so such a
+  graph is refused before parsing; datacenter TensorRT ≥ 10.9 registers `plugin.py` first and builds
+  with `PREFER_AOT_PYTHON_PLUGINS`.
 
 TensorRT is imported lazily: importing this module never needs it.
 """
@@ -243,12 +247,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
                  profiles: Mapping[str, tuple[Shape, Shape, Shape]] | Profile | Sequence[Any] = (),
                  backend: str = "auto", workspace_bytes: int = 1 << 30,
                  timing_cache: str | os.PathLike | None = None, compute_capability: str | None = None,
-                 tf32: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+                 tf32: bool = False, progress: ProgressFn | None = None, plugin: str | None = None) -> dict[str, Any]:
     """Build a strongly typed engine from an ONNX file and write it atomically to engine_path.
 
     `profiles` gives (min, opt, max) shapes per dynamic input (one mapping/Profile, or several).
     `compute_capability` ("8.6", "sm86", "8.6,8.9") selects TensorRT-RTX AOT targets; it is an error
-    with datacenter TensorRT. `progress(phase, done, total)` follows the build. Returns the engine
+    with datacenter TensorRT. `progress(phase, done, total)` follows the build. `plugin`: the graph is
+    one node of this plugin (a fused step graph, see `plugin.py`). Returns the engine
     facts (file, sha256, backend, version, onnx, io, profiles, compute_capability, ...), with io and
     profiles in the same form as `inspect_engine`.
     """
@@ -256,6 +261,14 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     trt, flavour = load_trt(backend)
+    if plugin is not None:
+        from wn_export.backends.tensorrt import plugin as step_plugin
+
+        if plugin != step_plugin.PLUGIN.id:
+            raise BackendError(f"{onnx_path.name} needs the unknown plugin {plugin!r}")
+        if reason := step_plugin.unsupported(trt, flavour):
+            raise BackendError(f"cannot build {onnx_path.name}: {reason}")
+        step_plugin.register()  # before the parser meets the node
     if compute_capability and flavour != "tensorrt-rtx":
         raise BackendError("compute_capability is a TensorRT-RTX option (use backend='tensorrt-rtx'); "
                            "datacenter TensorRT builds for the GPU it runs on")
@@ -289,8 +302,9 @@ def _build(trt: Any, flavour: str, onnx_path: Path, engine_path: Path, profs: li
         raise BackendError(f"{flavour} could not create a builder ({_one_line(e)}) "
                            f"{'; '.join(logger.errors)}".strip()) from None
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    for flag in ("STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS"):  # AOT: the plugin's PTX goes into the engine
+        if hasattr(trt.NetworkDefinitionCreationFlag, flag):
+            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
     network = builder.create_network(flags)
     _parse(trt, network, logger, onnx_path)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]

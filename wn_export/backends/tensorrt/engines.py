@@ -8,7 +8,8 @@ profile ranges are checked against the manifest's graph contract before the mani
 
 Manifest entry, under "engines" keyed by graph name (e.g. "step.fp16"):
 {"file", "graph", "onnx", "sha256", "backend", "version", "precision", "compute_capability",
- "profiles": [{input: {"min", "opt", "max"}}], "io": [{"name", "dtype", "shape", "mode"}]}
+ "profiles": [{input: {"min", "opt", "max"}}], "io": [{"name", "dtype", "shape", "mode"}],
+ ["plugin": "wn_export::WaveNetStep" for a fused step graph]}
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def build_engines(directory, *, fp16: bool = False, backend: str = "auto", batch
                   time: str | None = None, workspace_mib: int = 4096, timing_cache: Path | None = None,
                   compute_capability: str | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
-    """Build one engine per graph of the chosen precision; returns the updated manifest dict."""
-    from wn_export.backends.tensorrt.build import build_engine
+    """Build one engine per graph of the chosen precision; returns the updated manifest dict. A fused
+    step graph this TensorRT cannot build (TensorRT-RTX, TensorRT < 10.9) is skipped with a note."""
+    from wn_export.backends.tensorrt.build import build_engine, load_trt
+    from wn_export.backends.tensorrt.plugin import unsupported
 
     manifest = read_manifest(directory)
     cfg = manifest.config
@@ -87,6 +90,11 @@ def build_engines(directory, *, fp16: bool = False, backend: str = "auto", batch
                             + ("; export them with `wn-export onnx --fp16`" if fp16 else ""))
     time_range = Range.parse(time, "--time") if time else DEFAULT_TIME
     engines = dict(manifest.data.get("engines", {}))
+    if any(g.plugin for g in graphs) and (reason := unsupported(*load_trt(backend))):
+        for g in graphs:
+            if g.plugin and progress:
+                progress(f"note: {g.name} skipped: {reason}")
+        graphs = [g for g in graphs if not g.plugin]
     for i, g in enumerate(graphs, 1):
         batch_range = Range.parse(batch, "--batch") if batch else DEFAULT_BATCH[g.kind]
         profile = graph_profile(g, batch_range, time_range, cfg.hop_size)
@@ -98,7 +106,7 @@ def build_engines(directory, *, fp16: bool = False, backend: str = "auto", batch
         try:
             facts = build_engine(g.path, manifest.directory / file, profiles=profile, backend=backend,
                                  workspace_bytes=workspace_mib << 20, timing_cache=timing_cache,
-                                 compute_capability=compute_capability, progress=say)
+                                 compute_capability=compute_capability, progress=say, plugin=g.plugin)
         except BackendError as e:
             if "OutOfMemory" not in str(e):
                 raise
@@ -109,6 +117,8 @@ def build_engines(directory, *, fp16: bool = False, backend: str = "auto", batch
                            "backend": facts["backend"], "version": facts["version"], "precision": g.precision,
                            "compute_capability": facts["compute_capability"], "profiles": facts["profiles"],
                            "io": facts["io"], "build_seconds": facts["build_seconds"]}
+        if g.plugin:  # the plugin's kernel is embedded (AOT): running the engine needs no plugin library
+            engines[g.name]["plugin"] = g.plugin
     data = dict(manifest.data)
     data["engines"] = engines
     write_manifest(manifest.directory, data)

@@ -58,12 +58,20 @@ class _TrtBase:
 
         self.torch = _cuda()
         trt, _flavour = load_trt(self.entry.backend)
+        if self.graph.plugin:  # an AOT plugin's kernel is in the engine; registering is for older builds
+            from wn_export.backends.tensorrt.plugin import register
+
+            try:
+                register()
+            except BackendError:
+                pass  # deserialisation below says so if the engine needed it
         self.runtime = trt.Runtime(_logger(trt))  # TensorRT keeps one logger per process
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialize {self.path.name} (built for another GPU or "
                                f"TensorRT version? it records {self.entry.backend} {self.entry.data.get('version')}, "
-                               f"compute capability {self.entry.data.get('compute_capability')})")
+                               f"compute capability {self.entry.data.get('compute_capability')}"
+                               + (f"; it holds the {self.graph.plugin} plugin" if self.graph.plugin else "") + ")")
         self.context = self.engine.create_execution_context()
         self.stream = self.torch.cuda.Stream()
 

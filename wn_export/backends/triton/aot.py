@@ -44,35 +44,54 @@ def signature(precision: str) -> dict[str, str]:
             "residual_scale": "fp32", "skip_scale": "fp32"}
 
 
-def compile_ptx(cfg: WaveNetConfig, cc: int, precision: str = "fp16", variant: str = "step", num_warps: int = 4,
-                ptx_version: int = PTX_VERSION, block_h: int | None = None, block_o: int | None = None) -> dict:
-    """Compile for compute capability `cc` (80, 86, 89, 90 …) → {"ptx": text, "meta": the JSON record}."""
+def plugin_signature(precision: str) -> dict[str, str]:
+    """The TensorRT plugin kernel's (`kernel.wavenet_step_plugin`) runtime parameters: the plugin's
+    inputs, its scalar arguments, its outputs (TensorRT's order for ahead-of-time plugin kernels)."""
+    w = _WEIGHT[precision]
+    return {"token_ptr": "*i64", "cond_ptr": "*fp32", "speaker_ptr": "*i64", "state_ptr": w, "position_ptr": "*i64",
+            "w_ptr": w, "table_ptr": "*i32", "speaker_table_ptr": "*fp32", "layers": "i32", "n_state": "i32",
+            "logits_ptr": "*fp32", "update_ptr": w}
+
+
+def _compile(fn, sig: dict, constexprs: dict, cc: int, num_warps: int, ptx_version: int):
+    """triton.compile of `fn` for sm_<cc> with 16-byte aligned pointers and no line info → CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from wn_export.backends.triton.kernel import wavenet_steps
+    if type(fn).__name__ == "InterpretedFunction":
+        raise BackendError("unset TRITON_INTERPRET to compile the kernel ahead of time")
+    full = {**sig, **{k: "constexpr" for k in constexprs}}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
+    try:
+        with triton.knobs.compilation.scope():
+            triton.knobs.compilation.disable_line_info = True  # no source paths: the same PTX from any checkout
+            return triton.compile(ASTSource(fn, full, constexprs, aligned), target=GPUTarget("cuda", cc, 32),
+                                  options=dict(num_warps=num_warps, num_stages=1, ptx_version=ptx_version,
+                                               enable_fp_fusion=True))
+    except Exception as e:  # noqa: BLE001 - a compiler failure is a backend error with its message
+        raise BackendError(f"triton could not compile the step kernel for sm_{cc}: {e}") from None
 
+
+def _check_choice(precision: str, variant: str) -> None:
     if precision not in _WEIGHT:
         raise InputError(f"unknown precision {precision!r} (choose from {', '.join(_WEIGHT)})")
     if variant not in VARIANTS:
         raise InputError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    if type(wavenet_steps).__name__ == "InterpretedFunction":
-        raise BackendError("unset TRITON_INTERPRET to compile the kernel ahead of time")
+
+
+def compile_ptx(cfg: WaveNetConfig, cc: int, precision: str = "fp16", variant: str = "step", num_warps: int = 4,
+                ptx_version: int = PTX_VERSION, block_h: int | None = None, block_o: int | None = None) -> dict:
+    """Compile for compute capability `cc` (80, 86, 89, 90 …) → {"ptx": text, "meta": the JSON record}."""
+    import triton
+
+    from wn_export.backends.triton.kernel import wavenet_steps
+
+    _check_choice(precision, variant)
     layout = KernelLayout.of(cfg, block_h, block_o)
     draw, greedy = VARIANTS[variant]
     constexprs = {**layout.constexprs(), "DRAW": draw, "GREEDY": greedy}
-    sig = {**signature(precision), **{k: "constexpr" for k in constexprs}}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(wavenet_steps.arg_names) if n.endswith("_ptr")}
-    try:
-        with triton.knobs.compilation.scope():
-            triton.knobs.compilation.disable_line_info = True  # no source paths: the same PTX from any checkout
-            kernel = triton.compile(ASTSource(wavenet_steps, sig, constexprs, aligned),
-                                    target=GPUTarget("cuda", cc, 32),
-                                    options=dict(num_warps=num_warps, num_stages=1, ptx_version=ptx_version,
-                                                 enable_fp_fusion=True))
-    except Exception as e:  # noqa: BLE001 - a compiler failure is a backend error with its message
-        raise BackendError(f"triton could not compile the step kernel for sm_{cc}: {e}") from None
+    kernel = _compile(wavenet_steps, signature(precision), constexprs, cc, num_warps, ptx_version)
     ptx = kernel.asm["ptx"]
     md = kernel.metadata
     params = [{"name": n, "type": t} for n, t in signature(precision).items()]
@@ -86,6 +105,68 @@ def compile_ptx(cfg: WaveNetConfig, cc: int, precision: str = "fp16", variant: s
             "triton": triton.__version__, "config": cfg.to_dict(),
             "sha256": hashlib.sha256(ptx.encode()).hexdigest()}
     return {"ptx": ptx, "meta": meta}
+
+
+PLUGIN_CC = 80  # the plugin's PTX targets sm_80: the driver JIT-compiles it for any newer GPU
+
+
+def compile_plugin_ptx(cfg: WaveNetConfig, precision: str = "fp16", cc: int = PLUGIN_CC, num_warps: int = 4,
+                       ptx_version: int = PTX_VERSION, block_h: int | None = None,
+                       block_o: int | None = None) -> dict:
+    """PTX of the TensorRT plugin kernel (`kernel.wavenet_step_plugin`) → {"ptx", "meta"}.
+
+    Its parameters are exactly what TensorRT and `plugins/trt` pass: the plugin's 8 inputs, 2 int32
+    scalars (layers, state rows), 2 outputs. Triton appends two scratch pointers that this kernel
+    never reads (both sizes 0); they are removed from the entry so the PTX has no parameter a
+    launcher does not set (refused if the body references them)."""
+    from wn_export.backends.triton.kernel import wavenet_step_plugin
+
+    _check_choice(precision, "step")
+    layout = KernelLayout.of(cfg, block_h, block_o)
+    scalars = layout.scalars()
+    constexprs = {**layout.constexprs(), "RESIDUAL_SCALE": scalars["residual_scale"],
+                  "SKIP_SCALE": scalars["skip_scale"]}
+    kernel = _compile(wavenet_step_plugin, plugin_signature(precision), constexprs, cc, num_warps, ptx_version)
+    md = kernel.metadata
+    if md.global_scratch_size or md.profile_scratch_size:
+        raise BackendError("the plugin kernel needs Triton scratch memory, which TensorRT does not provide")
+    ptx = drop_trailing_params(kernel.asm["ptx"], md.name, len(plugin_signature(precision)))
+    params = [{"name": n, "type": t} for n, t in plugin_signature(precision).items()]
+    meta = {"kernel": md.name, "variant": "plugin", "precision": precision, "cc": cc, "target": _ptx_target(ptx),
+            "ptx_version": ptx_version, "num_warps": md.num_warps, "threads_per_block": 32 * md.num_warps,
+            "shared_bytes": md.shared, "grid": ["batch", 1, 1], "params": params, "pointer_alignment": 16,
+            "constexprs": constexprs, "weights_elements": layout.size, "state_rows": layout.state_rows,
+            "triton": __import__("triton").__version__, "config": cfg.to_dict(),
+            "sha256": hashlib.sha256(ptx.encode()).hexdigest()}
+    return {"ptx": ptx, "meta": meta}
+
+
+_PARAM = re.compile(r"^\s*\.param\s+(\.\S+)[^\n]*?\b(\w+_param_(\d+))\s*,?\s*$", re.M)
+
+
+def entry_params(ptx: str, entry: str) -> list[str]:
+    """The PTX types (.u64, .u32 …) of `entry`'s parameters, in order."""
+    start = ptx.find(f".entry {entry}(")
+    if start < 0:
+        raise BackendError(f"the PTX has no entry {entry}")
+    block = ptx[start:ptx.index(")", start)]
+    return [m.group(1) for m in _PARAM.finditer(block)]
+
+
+def drop_trailing_params(ptx: str, entry: str, keep: int) -> str:
+    """`entry` with only its first `keep` parameters; the dropped ones must be unreferenced."""
+    start = ptx.index(f".entry {entry}(")
+    end = ptx.index(")", start)
+    lines = ptx[start:end].split("\n")
+    params = [i for i, line in enumerate(lines) if _PARAM.match(line)]
+    for i in params[keep:]:
+        name = _PARAM.match(lines[i]).group(2)
+        if len(re.findall(rf"\b{name}\b", ptx)) != 1:
+            raise BackendError(f"the kernel reads its parameter {name}: it cannot be dropped")
+    kept = [line for i, line in enumerate(lines) if i not in params[keep:]]
+    last = params[keep - 1]
+    kept[last] = kept[last].rstrip().rstrip(",")
+    return ptx[:start] + "\n".join(kept).rstrip() + "\n" + ptx[end:]
 
 
 def _ptx_target(ptx: str) -> str:

@@ -95,6 +95,68 @@ def wavenet_steps(
     HAS_COND: tl.constexpr, HAS_SPEAKER: tl.constexpr, LEGACY_SKIP: tl.constexpr,
     DRAW: tl.constexpr, GREEDY: tl.constexpr,
 ):
+    """The host kernel (`runner.TritonStepRunner`, `aot`): K samples per launch, ring updated in place."""
+    b = tl.program_id(0)
+    _steps(w_ptr, table_ptr, state_ptr, token_ptr, cond_ptr, speaker_ptr + b.to(tl.int64) * layers * (2 * H),
+           u_ptr, temperature_ptr, tokens_out_ptr, logits_ptr, state_ptr, position, steps, layers, n_state,
+           residual_scale, skip_scale, R, H, S, Q, C, K, RP, SP, QP, CP, BH, BO, H1W, H1B, H2W, H2B, LAYER0,
+           LAYER_SIZE, CW, CB, CCW, RW, RB, SW, SB, HAS_COND, HAS_SPEAKER, LEGACY_SKIP, DRAW, GREEDY, False)
+
+
+@triton.jit
+def wavenet_step_plugin(
+    token_ptr,  # (B,) int64
+    cond_ptr,  # (B, C) float32 local conditioning of this sample (a 1-element stand-in without HAS_COND)
+    speaker_ptr,  # (B,) int64 speaker ids (a 1-element stand-in without HAS_SPEAKER)
+    state_ptr,  # (B, N, R) ring state (weight dtype): read only
+    position_ptr,  # (1,) int64 samples consumed so far
+    w_ptr,  # packed weights (weight dtype)
+    table_ptr,  # (L, 3) int32 layer table
+    speaker_table_ptr,  # (speakers, L, G) float32 every speaker's per-layer projection (stand-in without)
+    layers,  # i32 L
+    n_state,  # i32 N
+    logits_ptr,  # (B, Q) float32 output
+    update_ptr,  # (B, L, R) output (weight dtype): every layer's input of this sample, the ring's new rows
+    R: tl.constexpr, H: tl.constexpr, S: tl.constexpr, Q: tl.constexpr, C: tl.constexpr, K: tl.constexpr,
+    RP: tl.constexpr, SP: tl.constexpr, QP: tl.constexpr, CP: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr,
+    H1W: tl.constexpr, H1B: tl.constexpr, H2W: tl.constexpr, H2B: tl.constexpr,
+    LAYER0: tl.constexpr, LAYER_SIZE: tl.constexpr,
+    CW: tl.constexpr, CB: tl.constexpr, CCW: tl.constexpr, RW: tl.constexpr, RB: tl.constexpr,
+    SW: tl.constexpr, SB: tl.constexpr,
+    HAS_COND: tl.constexpr, HAS_SPEAKER: tl.constexpr, LEGACY_SKIP: tl.constexpr,
+    RESIDUAL_SCALE: tl.constexpr, SKIP_SCALE: tl.constexpr,
+):
+    """The TensorRT plugin's kernel (`wn_export::WaveNetStep`): one sample, the step graph's `ring` I/O.
+
+    Parameters in TensorRT's AOT order: the plugin's inputs, its scalar arguments, its outputs. The ring
+    is not written: the new rows go to `update_ptr` and the host writes them (manifest rule `ring`)."""
+    b = tl.program_id(0)
+    speaker_rows = speaker_table_ptr
+    if HAS_SPEAKER:
+        speaker_rows = speaker_table_ptr + tl.load(speaker_ptr + b) * layers * (2 * H)
+    _steps(w_ptr, table_ptr, state_ptr, token_ptr, cond_ptr, speaker_rows, logits_ptr, logits_ptr, logits_ptr,
+           logits_ptr, update_ptr, tl.load(position_ptr), 1, layers, n_state, RESIDUAL_SCALE, SKIP_SCALE,
+           R, H, S, Q, C, K, RP, SP, QP, CP, BH, BO, H1W, H1B, H2W, H2B, LAYER0, LAYER_SIZE,
+           CW, CB, CCW, RW, RB, SW, SB, HAS_COND, HAS_SPEAKER, LEGACY_SKIP, False, False, True)
+
+
+@triton.jit
+def _steps(
+    w_ptr, table_ptr, state_ptr, token_ptr, cond_ptr,
+    speaker_rows,  # this stream's (L, G) float32 speaker projections (read only with HAS_SPEAKER)
+    u_ptr, temperature_ptr, tokens_out_ptr, logits_ptr,
+    update_ptr,  # (B, L, R): with RING_OUT, every layer's input of the sample goes here, not into the ring
+    position, steps, layers, n_state, residual_scale, skip_scale,
+    R: tl.constexpr, H: tl.constexpr, S: tl.constexpr, Q: tl.constexpr, C: tl.constexpr, K: tl.constexpr,
+    RP: tl.constexpr, SP: tl.constexpr, QP: tl.constexpr, CP: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr,
+    H1W: tl.constexpr, H1B: tl.constexpr, H2W: tl.constexpr, H2B: tl.constexpr,
+    LAYER0: tl.constexpr, LAYER_SIZE: tl.constexpr,
+    CW: tl.constexpr, CB: tl.constexpr, CCW: tl.constexpr, RW: tl.constexpr, RB: tl.constexpr,
+    SW: tl.constexpr, SB: tl.constexpr,
+    HAS_COND: tl.constexpr, HAS_SPEAKER: tl.constexpr, LEGACY_SKIP: tl.constexpr,
+    DRAW: tl.constexpr, GREEDY: tl.constexpr, RING_OUT: tl.constexpr,
+):
+    """The body both entry points share: `steps` samples of stream b = program_id(0)."""
     b = tl.program_id(0)
     B = tl.num_programs(0)
     G: tl.constexpr = 2 * H
@@ -150,7 +212,7 @@ def wavenet_steps(
                     a += tl.sum(tl.load(wc, mask=mc, other=0.0).to(tl.float32) * cond[None, :], 1)
                     g += tl.sum(tl.load(wc + H * C, mask=mc, other=0.0).to(tl.float32) * cond[None, :], 1)
                 if HAS_SPEAKER:
-                    spk = speaker_ptr + (b * layers + l) * G + rows
+                    spk = speaker_rows + l * G + rows
                     a += tl.load(spk, mask=hm, other=0.0)
                     g += tl.load(spk + H, mask=hm, other=0.0)
                 # tanh(a)·σ(g) with tanh(a) = 2σ(2a) − 1, σ written out (each device-function call
@@ -161,9 +223,12 @@ def wavenet_steps(
                 residual += tl.sum(wr.to(tl.float32) * gated[:, None], 0)  # (RP,)
                 ws = tl.load(base + SW + rows[:, None] * S + s[None, :], mask=hm[:, None] & sm[None, :], other=0.0)
                 skip_l += tl.sum(ws.to(tl.float32) * gated[:, None], 0)  # (SP,)
-            # every tap of this layer is read: overwrite the oldest slot with this sample's input
-            tl.debug_barrier()
-            tl.store(ring + (offset + pos % length) * R + r, x.to(state_ptr.dtype.element_ty), mask=rm)
+            if RING_OUT:  # the host writes the ring (one sample per launch)
+                tl.store(update_ptr + (b.to(tl.int64) * layers + l) * R + r, x.to(update_ptr.dtype.element_ty),
+                         mask=rm)
+            else:  # every tap of this layer is read: overwrite the oldest slot with this sample's input
+                tl.debug_barrier()
+                tl.store(ring + (offset + pos % length) * R + r, x.to(state_ptr.dtype.element_ty), mask=rm)
             x = (x + residual + tl.load(base + RB + r, mask=rm, other=0.0).to(tl.float32)) * residual_scale
             skip += skip_l + tl.load(base + SB + s, mask=sm, other=0.0).to(tl.float32)
             if LEGACY_SKIP:  # r9y9 legacy: s = (s + s_l)·√0.5 for layers 1…L−1
