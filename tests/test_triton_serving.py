@@ -266,7 +266,7 @@ def test_batched_streams_draw_what_generate_draws(exports, tmp_path, layout, che
     if layout == "ring":
         directory = tmp_path / "ring"
         export_directory(directory, checkpoint_factory(CONFIGS["k2"], seed=1), layout="ring")
-    batcher = StreamBatcher(Generator(directory), max_streams=6, chunk=300)
+    batcher = StreamBatcher(Generator(directory), max_streams=6, chunk=333)  # regroups at odd positions
     sinks = {}
     for k in range(8):  # 8 streams of one 8-stream generation, more than fit in a batch: two wait
         sinks[k] = _Collect()
@@ -284,9 +284,25 @@ def test_batched_streams_draw_what_generate_draws(exports, tmp_path, layout, che
         for k in range(8):
             assert sinks[k].done and sinks[k].error is None
             assert np.array_equal(sinks[k].values, batch8[k]), k
-            assert sinks[k].offsets == [0, 300, 600, 900] and [len(c) for c in sinks[k].chunks] == [300] * 3 + [100]
+            assert sinks[k].offsets == [0, 333, 666, 999] and [len(c) for c in sinks[k].chunks] == [333] * 3 + [1]
         for name, options in extra.items():
             assert np.array_equal(sinks[name].values, gen.generate(700, **options)[0]), name
+
+
+def test_a_lone_stream_runs_in_a_padded_batch(exports):
+    """One stream never runs at batch 1 (ONNX Runtime's one-row kernels round differently from its batched
+    ones), so its tokens do not depend on whether others run beside it."""
+    from wn_export.serving.streams import StreamBatcher
+
+    batcher = StreamBatcher(Generator(exports["small"]), chunk=100)
+    sink = _Collect()
+    batcher.submit(batcher.validate(300, seed=9, streams=2, index=1), sink)
+    batcher.step_burst()
+    assert batcher.runner.batch == 2
+    while batcher.busy:
+        batcher.step_burst()
+    with Generator(exports["small"]) as gen:
+        assert np.array_equal(sink.values, gen.generate(300, batch=2, seed=9)[1])
 
 
 def test_conditioned_streams_and_cancellation(exports):
@@ -309,6 +325,39 @@ def test_conditioned_streams_and_cancellation(exports):
     for i in range(2):
         assert np.array_equal(sinks[i].values, want[i])
     assert sinks[2].done and sinks[2].error == "cancelled by the client" and len(sinks[2].values) == 128
+
+
+def test_a_failing_step_ends_its_streams_with_an_error_and_the_loop_goes_on(exports):
+    from wn_export.serving.streams import StreamBatcher
+
+    batcher = StreamBatcher(Generator(exports["small"]), chunk=100)
+    step, calls = batcher.runner.step, []
+
+    def broken(*args):
+        calls.append(1)
+        if len(calls) == 150:
+            raise RuntimeError("device lost")
+        return step(*args)
+    batcher.runner.step = broken
+    stop = threading.Event()
+    thread = threading.Thread(target=batcher.serve, args=(stop,))
+    thread.start()
+    try:
+        sinks = [_Collect() for _ in range(3)]
+        for sink in sinks[:2]:
+            batcher.submit(batcher.validate(400, seed=1), sink)
+        deadline = time.monotonic() + TIMEOUT
+        while not all(s.done for s in sinks[:2]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [s.error for s in sinks[:2]] == ["generation failed: RuntimeError: device lost"] * 2
+        batcher.submit(batcher.validate(250, seed=2), sinks[2])  # the next request is served
+        while not sinks[2].done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sinks[2].error is None and len(sinks[2].values) == 250
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
 
 
 def test_service_rejects_malformed_inputs_with_one_message(exports):

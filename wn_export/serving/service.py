@@ -47,6 +47,11 @@ class GenerationService:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
+    @property
+    def setup(self) -> str:
+        """What runs the steps (the generator's words: backend, fused path or why not)."""
+        return self.gen.setup
+
     def start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self.batcher.serve, args=(self.stop,), name="wn-generate",

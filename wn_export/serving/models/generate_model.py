@@ -58,6 +58,7 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in config["input"]]
         self.tokens = any(o["name"] == "tokens" for o in config["output"])
         self.service.start()
+        pb_utils.Logger.log_info(f"{config['name']}: {self.service.setup}")
 
     def execute(self, requests):
         from wn_export.errors import WNExportError
