@@ -233,6 +233,8 @@ def test_cli_refuses_bad_requests_with_one_line_and_writes_nothing(exports, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
     r = _run("triton-client", "ftp://x:1", "-n", 10, "-o", tmp_path / "a.wav")
     assert r.exit_code == 1 and "grpc://HOST:PORT or http://HOST:PORT" in r.output
+    r = _run("triton-serve", tmp_path / "repo")  # only python-backend models run on nvidia-pytriton's server
+    assert r.exit_code == 1 and "has no python-backend model" in r.output and "Traceback" not in r.output
 
 
 # ---- the stream batcher, in process -----------------------------------------------------------------------
@@ -303,6 +305,36 @@ def test_a_lone_stream_runs_in_a_padded_batch(exports):
         batcher.step_burst()
     with Generator(exports["small"]) as gen:
         assert np.array_equal(sink.values, gen.generate(300, batch=2, seed=9)[1])
+
+
+@pytest.mark.parametrize("name", ["ibab-scalar-w5", "scalar-mulaw-mol-w3"])
+def test_scalar_input_and_mixture_models_batch_like_generate(tmp_path, name):
+    """Scalar-input models feed back the decoded sample; mixture models draw two uniforms per sample."""
+    from tests.conftest import random_model
+    from tests.test_variants import VARIANTS
+    from reference_model import save_checkpoint
+    from wn_export.export.pipeline import export_directory
+    from wn_export.serving.streams import StreamBatcher
+
+    cfg = VARIANTS[name]
+    save_checkpoint(random_model(cfg, seed=2), tmp_path / "m.safetensors")
+    export_directory(tmp_path / "x", tmp_path / "m.safetensors")
+    features = np.random.default_rng(0).normal(size=(3, cfg.local_channels, 300)).astype(np.float32) \
+        if cfg.local else None
+    speakers = [1, 0, 1] if cfg.global_ else None
+    batcher = StreamBatcher(Generator(tmp_path / "x"), chunk=111)
+    sinks = [_Collect() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        batcher.submit(batcher.validate(400, seed=6, streams=3, index=i, temperature=0.9,
+                                        features=None if features is None else features[i],
+                                        speaker=None if speakers is None else speakers[i]), sink)
+        batcher.step_burst()
+    while batcher.busy:
+        batcher.step_burst()
+    with Generator(tmp_path / "x") as gen:
+        want = gen.generate(400, batch=3, seed=6, temperature=0.9, features=features, speaker=speakers)
+    for i, sink in enumerate(sinks):
+        assert sink.values.dtype == want.dtype and np.array_equal(sink.values, want[i]), i
 
 
 def test_conditioned_streams_and_cancellation(exports):
@@ -490,11 +522,14 @@ def test_16_concurrent_streams_equal_generate(server, exports, protocol):
 
 
 def test_client_wav_equals_wn_export_generate(server, exports, tmp_path):
-    r = _run("generate", exports["small"], "-n", N, "--seed", 7, "--temperature", 0.8, "-o", tmp_path / "local.wav")
+    r = _run("generate", exports["small"], "-n", N, "--seed", 7, "--temperature", 0.8, "--batch", 2,
+             "-o", tmp_path / "local.wav")
     assert r.exit_code == 0, r.output
-    r = _run("triton-client", server.grpc_url, "-n", N, "--seed", 7, "--temperature", 0.8, "-o", tmp_path / "served.wav")
-    assert r.exit_code == 0, r.output
-    assert (tmp_path / "served.wav").read_bytes() == (tmp_path / "local.wav").read_bytes()
+    for url in (server.grpc_url, server.http_url):
+        r = _run("triton-client", url, "-n", N, "--seed", 7, "--temperature", 0.8, "--streams", 2, "--stream", 1,
+                 "-o", tmp_path / "served.wav")
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / "served.wav").read_bytes() == (tmp_path / "local.1.wav").read_bytes(), url
 
 
 def test_conditioned_stream_over_http_and_grpc(server, exports):

@@ -6,7 +6,9 @@ nvidia-pytriton `tritonserver` on loopback (`LocalTriton`) and, per round:
 - server: `streams` concurrent requests (one client thread each, gRPC streaming or HTTP generate_stream)
   for stream i of a `streams`-stream generation with the same seed, so the server must return exactly
   the in-process tokens (checked: any difference is an error).
-Rounds alternate the two while the other is idle. Throughput is all samples over the wall time; chunk
+- the stream batcher in process: the generation model's own loop (`StreamBatcher`, the same requests),
+  without the server, which separates the loop's cost from the server's.
+Rounds alternate the three while the others are idle. Throughput is all samples over the wall time; chunk
 latency is the time between one stream's consecutive chunks (the first one counted from the request).
 """
 
@@ -34,6 +36,7 @@ class TritonBenchReport:
     chunk: int
     inprocess: list[float] = field(default_factory=list)  # samples/s per round
     server: list[float] = field(default_factory=list)
+    batcher: list[float] = field(default_factory=list)  # the stream batcher in process
     latencies_ms: list[float] = field(default_factory=list)  # every chunk gap of every round
     first_chunk_ms: list[float] = field(default_factory=list)
     startup_s: float = 0.0
@@ -43,6 +46,7 @@ class TritonBenchReport:
         lat = np.asarray(self.latencies_ms or self.first_chunk_ms)
         host, served = float(np.median(self.inprocess)), float(np.median(self.server))
         return {"inprocess_samples_per_s": host, "server_samples_per_s": served, "ratio": served / host,
+                "batcher_samples_per_s": float(np.median(self.batcher)) if self.batcher else None,
                 "chunk_latency_p50_ms": float(np.percentile(lat, 50)), "chunk_latency_p99_ms": float(np.percentile(lat, 99)),
                 "first_chunk_p99_ms": float(np.percentile(self.first_chunk_ms, 99))}
 
@@ -54,6 +58,8 @@ class TritonBenchReport:
             f"{self.protocol}; host: {self.setup}; server ready in {self.startup_s:.1f} s",
             f"in-process host, batch {self.streams}:   {f['inprocess_samples_per_s']:>10,.0f} samples/s  "
             f"(rounds: {rounds(self.inprocess)})",
+            f"stream batcher in process:     {f['batcher_samples_per_s']:>10,.0f} samples/s  "
+            f"(rounds: {rounds(self.batcher)})",
             f"Triton, {self.streams} concurrent streams: {f['server_samples_per_s']:>10,.0f} samples/s  "
             f"(rounds: {rounds(self.server)})",
             f"server ÷ in-process: {f['ratio']:.0%}   tokens identical in every round",
@@ -98,6 +104,36 @@ def _serve_round(url: str, streams: int, samples: int, seed: int, timeout: float
     return tokens, wall, [g for per in gaps for g in per[1:]], [per[0] for per in gaps]
 
 
+def _batcher_round(gen, streams: int, samples: int, seed: int, chunk: int, reference: np.ndarray) -> float:
+    """The generation model's loop without the server: samples/s for the same requests."""
+    from wn_export.serving.streams import StreamBatcher
+
+    class Keep:
+        def __init__(self):
+            self.parts = []
+
+        def chunk(self, offset, values):
+            self.parts.append(values.copy())
+
+        def finish(self, error=None):
+            self.error = error
+
+        def cancelled(self):
+            return False
+
+    batcher = StreamBatcher(gen, max_streams=streams, chunk=chunk)
+    sinks = [Keep() for _ in range(streams)]
+    t = time.perf_counter()
+    for i, sink in enumerate(sinks):
+        batcher.submit(batcher.validate(samples, seed=seed, streams=streams, index=i), sink)
+    while batcher.busy:
+        batcher.step_burst()
+    rate = streams * samples / (time.perf_counter() - t)
+    if not all(np.array_equal(np.concatenate(k.parts), reference[i]) for i, k in enumerate(sinks)):
+        raise ParityError("the stream batcher's tokens differ from the in-process host's")
+    return rate
+
+
 def run_triton_bench(directory, *, streams: int = 16, samples: int = 8000, rounds: int = 2, protocol: str = "grpc",
                      chunk: int = 4000, timeout: float = 120.0,
                      progress: Callable[[str], None] | None = None) -> TritonBenchReport:
@@ -125,6 +161,8 @@ def run_triton_bench(directory, *, streams: int = 16, samples: int = 8000, round
                 t = time.perf_counter()
                 reference = gen.generate(samples, batch=streams, seed=r)
                 report.inprocess.append(streams * samples / (time.perf_counter() - t))
+                say(f"round {r + 1}/{rounds}: stream batcher in process")
+                report.batcher.append(_batcher_round(gen, streams, samples, r, chunk, reference))
                 say(f"round {r + 1}/{rounds}: Triton, {streams} streams over {protocol}")
                 tokens, wall, gaps, first = _serve_round(url, streams, samples, r, timeout)
                 report.server.append(streams * samples / wall)

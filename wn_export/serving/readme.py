@@ -54,8 +54,10 @@ def repository_readme(manifest, opts, configs) -> str:
     lines += ["", "## Run it", "",
               "### NVIDIA's Triton container (GPU; every model)", "",
               "The onnxruntime and tensorrt backends, implicit state and KIND_GPU instances exist only in NVIDIA's "
-              "server builds. Build the wheel (`python -m build --wheel`), then:", "", "```bash",
-              "docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 \\",
+              "server builds. The container's Python cannot use this machine's environment: build the wheel and write "
+              "the repository without EXECUTION_ENV_PATH, then start the container:", "", "```bash",
+              "python -m build --wheel && wn-export triton DIR -o REPO --python-env none",
+              "docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -e PIP_BREAK_SYSTEM_PACKAGES=1 \\",
               "  -v \"$PWD/REPO\":/models -v \"$PWD/dist\":/wheels " + TRITON_IMAGE + " \\",
               f"  bash -c 'pip install --no-deps /wheels/wn_export-{__version__}-py3-none-any.whl && "
               "pip install numpy onnx onnxruntime && tritonserver --model-repository=/models'",

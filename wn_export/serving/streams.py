@@ -99,8 +99,8 @@ class StreamBatcher:
                              "(its runner has no regroup); serve generation with the onnxruntime backend")
         self.max_streams, self.chunk, self.min_rows, self.window = max_streams, chunk, min_rows, window
         self.mol = bool(getattr(self.cfg, "mol", False))
-        self.to_feed = feedback_rule(self.cfg, 1, seed=0, method="greedy", temperature=1.0).to_feed
-        self.first = feedback_rule(self.cfg, 1, seed=0, method="greedy", temperature=1.0).first[0]
+        rule = feedback_rule(self.cfg, 1, seed=0, method="greedy", temperature=1.0)
+        self.to_feed, self.first = rule.to_feed, rule.first[0]  # recorded value → next input; the first input
         self.dtype = np.float32 if self.mol else np.int64
         self.active: list[_Stream] = []  # row j of the batch is active[j]; rows ≥ len(active) pad
         self.waiting: deque[_Stream] = deque()

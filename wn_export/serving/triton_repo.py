@@ -44,7 +44,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
                 "int32": "TYPE_INT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL"}
 CONTROLS = (("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
             ("READY", "CONTROL_SEQUENCE_READY"), ("CORRID", "CONTROL_SEQUENCE_CORRID"))
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server nvidia-pytriton 0.7 ships
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.12-py3"  # Triton 2.53: Ubuntu 24.04, Python 3.12 (wn-export needs ≥ 3.11)
 
 
 @dataclass(frozen=True)
