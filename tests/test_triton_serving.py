@@ -310,9 +310,9 @@ def test_a_lone_stream_runs_in_a_padded_batch(exports):
 @pytest.mark.parametrize("name", ["ibab-scalar-w5", "scalar-mulaw-mol-w3"])
 def test_scalar_input_and_mixture_models_batch_like_generate(tmp_path, name):
     """Scalar-input models feed back the decoded sample; mixture models draw two uniforms per sample."""
+    from reference_model import save_checkpoint
     from tests.conftest import random_model
     from tests.test_variants import VARIANTS
-    from reference_model import save_checkpoint
     from wn_export.export.pipeline import export_directory
     from wn_export.serving.streams import StreamBatcher
 

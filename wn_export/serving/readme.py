@@ -34,9 +34,10 @@ def repository_readme(manifest, opts, configs) -> str:
         lines += [f"- `{opts.prefix}generate` (python backend, decoupled) runs the whole sampling loop in the server with "
                   f"wn-export's ONNX Runtime host: up to {p['max_streams'].string_value} streams per instance share one "
                   f"step call per sample; each response carries {p['chunk'].string_value} samples (`audio` float32, "
-                  "`tokens`, `offset` of the first sample); the last response has the final flag. A stream's tokens "
-                  "equal `wn-export generate --seed SEED` (with `streams`/`stream`: stream `stream` of "
-                  "`wn-export generate --batch streams --seed SEED`). Bad requests get one error response.",
+                  "`tokens`, `offset` of the first sample); the last response has the final flag. A request with "
+                  "`streams` N ≥ 2 and `stream` i returns exactly stream i of `wn-export generate --batch N --seed "
+                  "SEED`; without them it draws the uniforms of `wn-export generate --seed SEED`, in a batched "
+                  "step (equal tokens up to the batch-1 kernels' rounding). Bad requests get one error response.",
                   "  Its Python (the python backend's stub) must import wn_export, numpy and onnxruntime: "
                   + (f"this repository points EXECUTION_ENV_PATH at `{env.string_value}`, the environment that wrote "
                      "it (for another machine or a container, write the repository with `--python-env none` and "
