@@ -187,13 +187,14 @@ def test_tensorrt_repository_takes_batch_limits_from_the_engine_profile(exports,
     assert r.exit_code == 1 and "built with tensorrt-rtx" in r.output and "Traceback" not in r.output
 
 
-def test_step_graph_with_sequence_controls_computes_the_exported_step(exports):
+@pytest.mark.parametrize("name", ["step", "step.fp16"])
+def test_step_graph_with_sequence_controls_computes_the_exported_step(exports, name):
     """START resets every state to its initial value inside the graph; with START = 0 the graph is the step."""
     import onnxruntime as ort
 
     from wn_export.serving.triton_repo import sequence_step_graph
 
-    graph = read_manifest(exports["small"]).graph("step")
+    graph = read_manifest(exports["small"]).graph(name)
     plain = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
     seq = ort.InferenceSession(sequence_step_graph(graph).SerializeToString(), providers=["CPUExecutionProvider"])
     assert {i.name for i in seq.get_inputs()} == {i.name for i in plain.get_inputs()} | {"START", "END", "READY",
@@ -202,7 +203,7 @@ def test_step_graph_with_sequence_controls_computes_the_exported_step(exports):
     B = 3
     feeds = {"token": rng.integers(0, 32, B)}
     for s in graph.state:
-        feeds[s.input] = rng.normal(size=(B, *s.shape[1:])).astype(np.float32)
+        feeds[s.input] = rng.normal(size=(B, *s.shape[1:])).astype(s.dtype)
     controls = {"END": np.zeros((B, 1), np.int32), "READY": np.ones((B, 1), np.int32),
                 "CORRID": np.arange(B, dtype=np.uint64)[:, None]}
     start = np.array([[0], [1], [0]], np.int32)
@@ -390,6 +391,26 @@ def test_a_failing_step_ends_its_streams_with_an_error_and_the_loop_goes_on(expo
         stop.set()
         thread.join(TIMEOUT)
     assert not thread.is_alive()
+
+
+def test_a_broken_sink_ends_only_its_own_stream(exports):
+    from wn_export.serving.streams import StreamBatcher
+
+    class Broken(_Collect):
+        def chunk(self, offset, values):
+            raise ConnectionError("peer gone")
+
+    batcher = StreamBatcher(Generator(exports["small"]), chunk=100)
+    sinks = [_Collect(), Broken(), _Collect()]
+    for sink in sinks:
+        batcher.submit(batcher.validate(300, seed=3, streams=3, index=sinks.index(sink)), sink)
+    while batcher.busy:
+        batcher.step_burst()
+    assert sinks[1].error == "sending failed: ConnectionError: peer gone"
+    with Generator(exports["small"]) as gen:
+        want = gen.generate(300, batch=3, seed=3)
+    for i in (0, 2):
+        assert sinks[i].error is None and np.array_equal(sinks[i].values, want[i])
 
 
 def test_service_rejects_malformed_inputs_with_one_message(exports):

@@ -145,14 +145,17 @@ class StreamBatcher:
                 self.step_burst()
             except Exception as e:  # noqa: BLE001 - a failed step must end its streams, never hang them
                 self.feed = None
-                self.abort(f"generation failed: {type(e).__name__}: {e}")
+                self.abort(f"generation failed: {type(e).__name__}: {e}", waiting=False)
         self.abort("the server is shutting down")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, waiting: bool = True) -> None:
+        """End the active streams (and the waiting ones) with an error."""
         with self.lock:
-            streams, self.active, self.waiting = [*self.active, *self.waiting], [], deque()
+            streams, self.active = list(self.active), []
+            if waiting:
+                streams, self.waiting = [*streams, *self.waiting], deque()
         for s in streams:
-            s.sink.finish(reason)
+            _finish(s, reason)
 
     def step_burst(self) -> int:
         """Admit waiting streams, run steps up to the earliest chunk boundary (or a new arrival), deliver.
@@ -266,14 +269,28 @@ class StreamBatcher:
                 continue
             values = np.concatenate(s.pending) if len(s.pending) > 1 else s.pending[0]
             cut = 0
-            while len(values) - cut >= self.chunk or (s.t == s.n and cut < len(values)):
-                piece = values[cut:cut + self.chunk]
-                s.sink.chunk(s.sent, piece)
-                s.sent += len(piece)
-                cut += len(piece)
+            try:
+                while len(values) - cut >= self.chunk or (s.t == s.n and cut < len(values)):
+                    piece = values[cut:cut + self.chunk]
+                    s.sink.chunk(s.sent, piece)
+                    s.sent += len(piece)
+                    cut += len(piece)
+                cancelled = s.t < s.n and s.sink.cancelled()
+            except Exception as e:  # noqa: BLE001 - one stream's broken sink must not end the others
+                s.t = s.n  # dropped at the next admission
+                _finish(s, f"sending failed: {type(e).__name__}: {e}")
+                continue
             s.pending = [values[cut:]] if cut < len(values) else []
             if s.t >= s.n:
-                s.sink.finish(None)
-            elif s.sink.cancelled():
-                s.t = s.n  # dropped at the next admission
-                s.sink.finish("cancelled by the client")
+                _finish(s, None)
+            elif cancelled:
+                s.t = s.n
+                _finish(s, "cancelled by the client")
+
+
+def _finish(stream: _Stream, error: str | None) -> None:
+    """End a stream; a sink that cannot even be told is past helping."""
+    try:
+        stream.sink.finish(error)
+    except Exception:  # noqa: BLE001 - nothing is left to tell
+        pass
