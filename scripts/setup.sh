@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[cpu,dev,rtx]"
+.venv/bin/python -m pip install -q -e ".[cpu,dev,rtx,serve]"
 # the ONNX Runtime host's native library (fused layer chain + sampler), compiled once for this machine;
 # without a C++ compiler the host runs standard ONNX Runtime ops (slower) and says so
 .venv/bin/python -c "from wn_export.backends.onnxruntime.native import available; p, why = available(print); print('native ONNX Runtime host library:', p or 'unavailable, ' + why)"

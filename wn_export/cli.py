@@ -319,5 +319,114 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
         atomic_write_bytes(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model repository to write (a new directory; assembled aside and renamed into place).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Triton backend of the step and scoring models.")
+@click.option("--models", default="generate,step,scoring", show_default=True, help="Models to write.")
+@click.option("--max-batch", type=int, default=None,
+              help="Step/scoring batch limit (default 16; TensorRT: the engine profile's maximum).")
+@click.option("--instances", default=1, show_default=True, help="Instances of every model.")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Step/scoring instance kind (default: gpu for tensorrt, cpu for onnxruntime).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Graphs (or engines) of the step and scoring models.")
+@click.option("--max-streams", default=16, show_default=True, help="Generation streams per step call and instance.")
+@click.option("--chunk", default=4000, show_default=True, help="Samples per generation response.")
+@click.option("--max-samples", default=16000 * 600, show_default=True, help="Largest generation request.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads of the generation host (default 1).")
+@click.option("--prefix", default="", help="Prefix of the model names (several exports in one server).")
+@click.option("--python-env", default="auto", show_default=True,
+              help="EXECUTION_ENV_PATH of the generation model: auto (this virtual environment), none, or a path.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing repository at OUTPUT.")
+def triton(directory: Path, output: Path, backend: str, models: str, max_batch, instances: int, kind, precision: str,
+           max_streams: int, chunk: int, max_samples: int, threads, prefix: str, python_env: str, overwrite: bool):
+    """Write a Triton Inference Server model repository for the export in DIRECTORY."""
+    from wn_export.serving.triton_repo import Options, parse_models, write_repository
+
+    opts = Options(backend=backend, models=parse_models(models), max_batch=max_batch, instances=instances,
+                   precision=precision, kind=kind, prefix=prefix, max_streams=max_streams, chunk=chunk,
+                   max_samples=max_samples, threads=threads, python_env=python_env)
+    repo = write_repository(directory, output, opts, overwrite=overwrite)
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        click.echo(str(config))
+    click.echo(str(repo / "README.md"))
+
+
+@main.command("triton-client")
+@click.argument("url")
+@click.option("-n", "--samples", required=True, type=int, help="Samples to generate.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="WAV to write.")
+@click.option("--model", default="generate", show_default=True, help="The generation model's name.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the server's, 0).")
+@click.option("--method", default=None, help="sample | greedy.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (> 0).")
+@click.option("--speaker", type=int, default=None, help="Speaker id (global conditioning).")
+@click.option("--cond", "cond_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local conditioning: .npy of frame-rate features (C, frames).")
+@click.option("--streams", type=int, default=None, help="Uniform layout: stream STREAM of a STREAMS-stream generation.")
+@click.option("--stream", "stream_index", type=int, default=None)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the connection and each chunk.")
+def triton_client(url: str, samples: int, output: Path, model: str, seed, method, temperature, speaker, cond_path,
+                  streams, stream_index, timeout: float):
+    """Stream one generation request from a Triton server (grpc://HOST:PORT or http://HOST:PORT) into a WAV."""
+    import time
+
+    from wn_export.generation.generator import load_features
+    from wn_export.serving.client import generate_wav
+
+    start = time.perf_counter()
+    generate_wav(url, output, samples, model=model, timeout=timeout, seed=seed, method=method, temperature=temperature,
+                 speaker=speaker, conditioning=load_features(cond_path), streams=streams, stream_index=stream_index)
+    seconds = time.perf_counter() - start
+    click.echo(str(output))
+    click.echo(f"{samples:,} samples in {seconds:.1f} s ({samples / seconds:,.0f} samples/s)", err=True)
+
+
+@main.command("triton-serve")
+@click.argument("repository", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--models", default=None, help="Models to load (default: every python-backend model in REPOSITORY).")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+def triton_serve(repository: Path, models, http_port: int, grpc_port: int):
+    """Serve REPOSITORY's python-backend models with the tritonserver of nvidia-pytriton on 127.0.0.1 (no GPU)."""
+    import time
+
+    from wn_export.serving.local_server import LocalTriton, python_models
+
+    names = [m for m in (models or "").split(",") if m] or python_models(repository)
+    with LocalTriton([repository], models=names, http_port=http_port, grpc_port=grpc_port) as server:
+        click.echo(f"serving {', '.join(names)}: {server.http_url} {server.grpc_url} (Ctrl-C stops)")
+        try:
+            while server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command("triton-bench")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--streams", default=16, show_default=True, help="Concurrent streams (and the in-process batch).")
+@click.option("-n", "--samples", default=8000, show_default=True, help="Samples per stream.")
+@click.option("--rounds", default=2, show_default=True, help="Interleaved rounds of server and in-process runs.")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option("--chunk", default=4000, show_default=True, help="Samples per response.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as JSON.")
+def triton_bench(directory: Path, streams: int, samples: int, rounds: int, protocol: str, chunk: int, json_path):
+    """Generation on Triton (STREAMS concurrent requests) vs the in-process host at batch STREAMS, in one run."""
+    from reference_model.atomic import atomic_write_bytes
+    from wn_export.serving.bench import run_triton_bench
+
+    report = run_triton_bench(directory, streams=streams, samples=samples, rounds=rounds, protocol=protocol,
+                              chunk=chunk, progress=lambda m: click.echo(m, err=True))
+    click.echo(report.text())
+    if json_path:
+        text = report.to_json()
+        atomic_write_bytes(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -267,6 +267,29 @@ class OrtStepRunner(StepRunner):
         self.position = position + 1
         return self.logits
 
+    def regroup(self, rows, speaker=None) -> None:
+        """Continue with len(rows) streams: new row j carries on current row rows[j], or starts from the
+        initial state when rows[j] < 0 (continuous batching: streams join and leave between steps).
+
+        The position (ring layout) and the buffer parity (replace layout) carry over, so a continuing
+        row computes exactly what it would have; a new row's initial state reads the same at every
+        position, so it computes what a fresh stream would. `speaker`: (len(rows),) ids."""
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.ndim != 1 or not len(rows) or rows.max() >= self.batch:
+            raise InputError(f"regroup needs at least one row and rows < {self.batch} (got {rows.tolist()})")
+        names = [n for s in self.graph.state for n in (s.input, s.output)]
+        old = {n: self.buffers[n] for n in names} if self.batch else {}
+        position = self.position if self.batch else 0
+        self.reset(len(rows), speaker)
+        keep = rows >= 0
+        for s in self.graph.state:
+            for name in (s.input, s.output):
+                buf = self.buffers[name]  # (batch, …)
+                buf[~keep] = s.init
+                if keep.any():
+                    buf[keep] = old[name][rows[keep]]
+        self.position = position
+
 
 class _Ring:
     """Writes a step's update rows (batch, L, R) into a packed ring state (batch, ΣN, R).
