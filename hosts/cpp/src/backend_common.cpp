@@ -14,10 +14,12 @@ namespace wn {
 namespace {
 // Bytes of a tensor, checked for overflow and against limits::kMaxTensorBytes.
 int64_t tensor_bytes(const std::vector<int64_t>& shape, DType dtype, const std::string& what) {
-  const int64_t bytes = checked_mul(element_count(shape), static_cast<int64_t>(dtype_size(dtype)), what + " size");
-  if (bytes > limits::kMaxTensorBytes)
-    throw Error(what + " " + shape_str(shape) + " needs " + human_bytes(bytes) + ", more than the host allocates (" +
-                human_bytes(limits::kMaxTensorBytes) + ", wn::limits::kMaxTensorBytes)");
+  int64_t bytes = 0;
+  const bool overflow = __builtin_mul_overflow(element_count(shape), static_cast<int64_t>(dtype_size(dtype)), &bytes);
+  if (overflow || bytes > limits::kMaxTensorBytes)
+    throw Error(what + " " + shape_str(shape) + " needs " + (overflow ? "over 8 EiB" : human_bytes(bytes)) +
+                ", more than the host allocates (" + human_bytes(limits::kMaxTensorBytes) +
+                ", wn::limits::kMaxTensorBytes)");
   return bytes;
 }
 }  // namespace

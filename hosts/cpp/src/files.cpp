@@ -176,6 +176,9 @@ void check_outputs(const std::vector<std::string>& outputs, const std::vector<st
       throw Error("cannot write " + shown(out) + ": " + shown(dir) + " is not a directory");
     if (::lstat(out.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
       throw Error("cannot write " + shown(out) + ": it is a directory");
+    if (::stat(out.c_str(), &st) == 0 && !S_ISREG(st.st_mode))  // a device, FIFO or socket (or a link to one)
+      throw Error("refusing to write " + shown(out) + ": it is not a regular file (the output is renamed into "
+                  "place, which would replace it); write to a file");
     if (!real_export.empty() && inside(real_dir, real_export))
       throw Error("refusing to write " + shown(out) + " inside the export directory " + shown(export_dir) +
                   " (it is this run's input); write it elsewhere");

@@ -266,6 +266,7 @@ std::vector<float> read_wav(const std::string& path, int64_t* sample_rate) {
       const uint16_t format = get_u16(c + 8);
       if (format != 1 && format != 0xFFFE) throw bad("only PCM WAV is supported (format " + std::to_string(format) + ")");
       channels = get_u16(c + 10);
+      if (!channels) throw bad("the fmt chunk declares 0 channels");
       rate = get_u32(c + 12);
       align = get_u16(c + 20);
       bits = get_u16(c + 22);

@@ -69,6 +69,8 @@ struct Ctx {
   }
   // An integer in [lo, hi] (JSON integers beyond int64 included: they are out of range, not wrapped).
   int64_t int_value(const json& v, const std::string& key, int64_t lo, int64_t hi) const {
+    if (v.is_number_float() && std::fabs(v.get<double>()) >= 0x1p63 && std::isfinite(v.get<double>()))
+      fail("'" + key + "' = " + brief(v) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     if (!v.is_number_integer()) fail("'" + key + "' must be an integer, got " + brief(v));
     if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi))
       fail("'" + key + "' = " + brief(v) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -423,8 +425,15 @@ Manifest read_manifest(const std::string& directory, bool verify) {
 
   const json& graphs = data["graphs"];
   if (!graphs.is_object()) ctx.fail("'graphs' must be an object, got " + brief(graphs));
-  for (auto it = graphs.begin(); it != graphs.end(); ++it)
-    m.graphs.emplace(it.key(), parse_graph(it.key(), it.value(), directory, verify, ctx));
+  for (auto it = graphs.begin(); it != graphs.end(); ++it) {
+    GraphInfo g = parse_graph(it.key(), it.value(), directory, verify, ctx);
+    const TensorInfo* logits = g.output("logits");  // (…, Q): the classes every host samples or scores
+    if (logits && !logits->shape.empty() && !logits->shape.back().symbolic() &&
+        logits->shape.back().value != m.model.quantization_channels)
+      ctx.fail("graph '" + g.name + "' has " + std::to_string(logits->shape.back().value) +
+               " logits per sample but quantization_channels is " + std::to_string(m.model.quantization_channels));
+    m.graphs.emplace(g.name, std::move(g));
+  }
 
   if (data.contains("engines") && !data["engines"].is_null()) {
     const json& engines = data["engines"];
