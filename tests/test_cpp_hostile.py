@@ -199,6 +199,8 @@ MANIFEST_CASES = [
     ("ring-length-zero", lambda m: _ring(m)["rings"][0].update(length=0), "is out of range", "manifest"),
     ("ring-at-state-end", lambda m: _ring(m)["rings"][0].update(offset=_rows(m), length=1),
      "lies outside state", "plan"),
+    ("ring-far-outside-state", lambda m: _ring(m)["rings"][0].update(offset=100, length=1),  # a heap overflow
+     "lies outside state", "plan"),                                                          # without the check
     ("ring-longer-than-state", lambda m: _ring(m)["rings"][0].update(offset=0, length=_rows(m) + 1),
      "lies outside state", "plan"),
     ("ring-max-offset-max-length", lambda m: _ring(m)["rings"][0].update(offset=2**31 - 2, length=2**31 - 1),
