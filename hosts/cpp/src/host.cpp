@@ -279,17 +279,21 @@ std::vector<float> read_wav(const std::string& path, int64_t* sample_rate) {
     pos += 8 + size + (size & 1);
   }
   if (!channels || !data) throw bad("missing fmt or data chunk");
-  if (bits != 16) throw Error(path + ": only 16-bit PCM WAV is supported (sample width " + std::to_string(bits / 8) + " bytes)");
-  if (align != 2 * channels) throw bad("block align " + std::to_string(align) + " does not match " + std::to_string(channels) + " 16-bit channels");
+  if (bits != 16)
+    throw Error(path + ": only 16-bit PCM WAV is supported (sample width " + std::to_string(bits / 8) + " bytes)");
+  if (align != 2 * channels)
+    throw bad("block align " + std::to_string(align) + " does not match " + std::to_string(channels) +
+              " 16-bit channels");
   if (rate < 1 || rate > limits::kMaxSampleRate) throw bad("sample rate " + std::to_string(rate) + " is out of range");
   if (data_bytes % static_cast<size_t>(align)) throw bad("the data chunk is not a whole number of frames");
   const size_t frames = data_bytes / static_cast<size_t>(align);
-  if (static_cast<int64_t>(frames) > limits::kMaxSamples) throw bad("more than " + std::to_string(limits::kMaxSamples) + " frames");
-  std::vector<float> audio(frames);
+  if (static_cast<int64_t>(frames) > limits::kMaxSamples)
+    throw bad("more than " + std::to_string(limits::kMaxSamples) + " frames");
+  std::vector<float> audio(frames);  // (frames,)
+  const size_t C = static_cast<size_t>(channels);
   for (size_t i = 0; i < frames; ++i) {
     float s = 0.0f;
-    for (int64_t ch = 0; ch < channels; ++ch)
-      s += static_cast<float>(static_cast<int16_t>(get_u16(data + 2 * (i * static_cast<size_t>(channels) + ch)))) / 32768.0f;
+    for (size_t ch = 0; ch < C; ++ch) s += static_cast<float>(static_cast<int16_t>(get_u16(data + 2 * (i * C + ch)))) / 32768.0f;
     audio[i] = s / static_cast<float>(channels);
   }
   if (sample_rate) *sample_rate = rate;

@@ -93,14 +93,15 @@ struct Ctx {
 
 // A dimension name: a lowercase identifier, optionally "+k" / "-k" (k < 10^9).
 bool valid_symbol(const std::string& s) {
+  auto lower = [](char c) { return (c >= 'a' && c <= 'z') || c == '_'; };
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  if (s.empty() || !lower(s[0])) return false;
   size_t i = 0;
-  if (s.empty() || !(std::islower(static_cast<unsigned char>(s[0])) || s[0] == '_')) return false;
-  while (i < s.size() && (std::islower(static_cast<unsigned char>(s[i])) || std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '_')) ++i;
+  while (i < s.size() && (lower(s[i]) || digit(s[i]))) ++i;
   if (i == s.size()) return s.size() <= 64;
-  if (s[i] != '+' && s[i] != '-') return false;
+  if ((s[i] != '+' && s[i] != '-') || i > 64) return false;
   const size_t digits = s.size() - i - 1;
-  if (digits < 1 || digits > 9 || i > 64) return false;
-  return std::all_of(s.begin() + static_cast<long>(i) + 1, s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+  return digits >= 1 && digits <= 9 && std::all_of(s.begin() + static_cast<long>(i) + 1, s.end(), digit);
 }
 
 std::vector<Dim> parse_shape(const json& v, const Ctx& ctx) {
