@@ -62,9 +62,8 @@ def _model(cfg: WaveNetConfig, seed: int = 0) -> WaveNet:
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def host() -> Path:
-    """Build the host with hosts/cpp/build.sh (incremental; TensorRT backend compiled, not linked)."""
+def build_host(build: Path, *options: str) -> Path:
+    """Run hosts/cpp/build.sh into `build` (incremental); a failed or slow build fails the test."""
     import onnxruntime
 
     (HOST / "third_party").mkdir(parents=True, exist_ok=True)
@@ -73,16 +72,22 @@ def host() -> Path:
     with open(HOST / "third_party" / ".build.lock", "w") as lock:  # one build at a time (xdist workers)
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            proc = subprocess.run([str(HOST / "build.sh"), "--with-tensorrt", "--build-dir", str(BUILD)],
+            proc = subprocess.run([str(HOST / "build.sh"), *options, "--build-dir", str(build)],
                                   env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
         except subprocess.TimeoutExpired:
             pytest.fail(f"building the C++ host took longer than {BUILD_TIMEOUT} s")
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         pytest.fail(f"building the C++ host failed (exit {proc.returncode}):\n{tail}")
-    for exe in ("wn_generate", "wn_score"):
-        assert (BUILD / exe).is_file(), f"the build produced no {exe}"
-    return BUILD
+    for exe in ("wn_generate", "wn_score", "wn_manifest_check"):
+        assert (build / exe).is_file(), f"the build produced no {exe}"
+    return build
+
+
+@pytest.fixture(scope="session")
+def host() -> Path:
+    """Build the host with hosts/cpp/build.sh (incremental; TensorRT backend compiled, not linked)."""
+    return build_host(BUILD, "--with-tensorrt")
 
 
 @pytest.fixture(scope="module")

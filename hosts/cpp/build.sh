@@ -2,8 +2,11 @@
 # Build the C++ host: fetch the pinned dependencies, configure with CMake, build (incremental).
 #
 # Usage: build.sh [--build-dir DIR] [--with-tensorrt] [--tensorrt-root DIR] [--ort-root DIR]
-#                 [--jobs N] [--no-fetch] [-- EXTRA CMAKE ARGS]
-#   --build-dir DIR      build tree (default hosts/cpp/build; reused, so rebuilds are incremental)
+#                 [--sanitize] [--jobs N] [--no-fetch] [-- EXTRA CMAKE ARGS]
+#   --build-dir DIR      build tree (default hosts/cpp/build, or hosts/cpp/build-asan with --sanitize;
+#                        reused, so rebuilds are incremental)
+#   --sanitize           AddressSanitizer + UndefinedBehaviorSanitizer build (-DWN_SANITIZE=ON, -O1 -g);
+#                        see hosts/cpp/README.md "Sanitizer build" for the run-time options
 #   --with-tensorrt      compile the TensorRT backend (headers fetched from PyPI `kernel-lens` unless
 #                        --tensorrt-root is given; linked only when a TensorRT library is found)
 #   --tensorrt-root DIR  an installed TensorRT (include/, lib/): compile AND link the TensorRT backend
@@ -13,7 +16,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BUILD="$HERE/build"
+BUILD=""
+SANITIZE=0
 WITH_TRT=0
 TRT_ROOT=""
 ORT_ROOT=""
@@ -28,7 +32,8 @@ while [[ $# -gt 0 ]]; do
     --ort-root) ORT_ROOT="$2"; shift ;;
     --jobs|-j) JOBS="$2"; shift ;;
     --no-fetch) FETCH=0 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --sanitize) SANITIZE=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -36,6 +41,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 command -v cmake >/dev/null || { echo "build.sh: error: cmake (>= 3.20) is required" >&2; exit 1; }
+if [[ -z "$BUILD" ]]; then
+  if [[ "$SANITIZE" == 1 ]]; then BUILD="$HERE/build-asan"; else BUILD="$HERE/build"; fi
+fi
 
 if [[ "$FETCH" == 1 ]]; then
   args=()
@@ -44,7 +52,13 @@ if [[ "$FETCH" == 1 ]]; then
   "$HERE/fetch_deps.sh" ${args[@]+"${args[@]}"}
 fi
 
-cfg=(-S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release)
+if [[ "$SANITIZE" == 1 ]]; then
+  # -O1: fast to build and to run under the sanitizers; manifest.cpp stays at -O1 as in Release
+  cfg=(-S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWN_SANITIZE=ON
+       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g -DNDEBUG")
+else
+  cfg=(-S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DWN_SANITIZE=OFF)
+fi
 if [[ -z "${CMAKE_GENERATOR:-}" && ! -f "$BUILD/CMakeCache.txt" ]] && command -v ninja >/dev/null; then
   cfg+=(-G Ninja)
 fi
@@ -58,4 +72,4 @@ fi
 start=$(date +%s)
 cmake "${cfg[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 cmake --build "$BUILD" -j "$JOBS"
-echo "build.sh: built $BUILD/wn_generate and $BUILD/wn_score in $(( $(date +%s) - start )) s" >&2
+echo "build.sh: built $BUILD/wn_generate, $BUILD/wn_score and $BUILD/wn_manifest_check in $(( $(date +%s) - start )) s" >&2

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "wn/backend.hpp"
+#include "wn/limits.hpp"
 #include "wn/manifest.hpp"
 
 namespace cli {
@@ -67,10 +70,12 @@ class Args {
     auto it = values_.find(name);
     return it == values_.end() ? fallback : it->second;
   }
-  int64_t integer(const std::string& name, int64_t fallback, int64_t minimum) const {
+  int64_t integer(const std::string& name, int64_t fallback, int64_t minimum,
+                  int64_t maximum = std::numeric_limits<int64_t>::max()) const {
     if (!has(name)) return fallback;
     int64_t v = parse_int(get(name), name);
     if (v < minimum) throw Usage(name + " must be >= " + std::to_string(minimum) + " (got " + get(name) + ")");
+    if (v > maximum) throw Usage(name + " must be <= " + std::to_string(maximum) + " (got " + get(name) + ")");
     return v;
   }
   double number(const std::string& name, double fallback) const {
@@ -103,6 +108,13 @@ class Args {
   std::map<std::string, std::string> values_;
 };
 
+// Every float finite: a NaN or inf in conditioning would silently give wrong samples.
+inline void check_finite(const float* data, size_t count, const std::string& what) {
+  for (size_t i = 0; i < count; ++i)
+    if (!std::isfinite(data[i]))
+      throw wn::Error(what + " holds a non-finite value (" + std::to_string(data[i]) + ") at element " + std::to_string(i));
+}
+
 // "2" or "2,0,1" → ids; one id is repeated for every stream.
 inline std::vector<int64_t> speakers(const std::string& spec, int64_t batch, int64_t count) {
   std::vector<int64_t> ids;
@@ -128,13 +140,13 @@ inline std::vector<int64_t> speakers(const std::string& spec, int64_t batch, int
 inline std::unique_ptr<wn::Backend> backend(const Args& args, const wn::Manifest& manifest) {
   const std::string name = args.get("--backend", "onnxruntime");
   if (name == "onnxruntime" || name == "ort")
-    return wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))});
+    return wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0, wn::limits::kMaxThreads))});
   if (name == "tensorrt" || name == "trt") {
     wn::TrtOptions t;
     t.manifest = &manifest;
     t.engine = args.get("--engine");
     t.verify = !args.has("--no-verify");
-    t.device = static_cast<int>(args.integer("--device", 0, 0));
+    t.device = static_cast<int>(args.integer("--device", 0, 0, wn::limits::kMaxDevice));
     t.cuda_graph = args.has("--cuda-graph");
     return wn::make_trt_backend(t);
   }

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli.hpp"
@@ -17,9 +18,10 @@ Generate audio sample by sample with the export's step graph, seeded exactly lik
 streamed to disk as it is generated.
 
   -o, --output FILE       WAV to write; with --batch B > 1 one file per stream: OUT_0.wav … OUT_<B-1>.wav
-  -n, --samples N         samples per stream (default: one second at the model's sample rate)
+                          (written under a temporary name and renamed when complete; never inside EXPORT_DIR)
+  -n, --samples N         samples per stream (default: one second at the model's sample rate; at most 2^31-32)
       --seconds S         duration instead of --samples
-  -b, --batch B           independent streams (default 1)
+  -b, --batch B           independent streams (default 1, at most 4096)
   -s, --seed S            sampling seed, 0 … 2^64-1 (default 0)
   -t, --temperature T     sampling temperature (default 1.0)
       --greedy            argmax instead of sampling
@@ -48,19 +50,34 @@ std::string stream_path(const std::string& out, int64_t b, int64_t batch) {
   return out.substr(0, dot) + "_" + std::to_string(b) + out.substr(dot);
 }
 
-// raw float32 file (batch, C, T) → data, T
+// raw float32 file (batch, C, T) → data, T; sizes checked before reading, values checked finite.
 std::vector<float> read_features(const std::string& path, int64_t batch, int64_t channels, int64_t* time,
                                  const char* option) {
+  const int64_t row = wn::checked_mul(wn::checked_mul(batch, channels, option), sizeof(float), option);
   std::vector<unsigned char> raw = wn::read_file(path);
-  const size_t row = static_cast<size_t>(batch * channels) * sizeof(float);
-  if (raw.empty() || raw.size() % row)
+  if (raw.empty() || raw.size() % static_cast<size_t>(row))
     throw wn::Error(std::string(option) + " " + path + ": " + std::to_string(raw.size()) +
                     " bytes is not a whole number of float32 (batch=" + std::to_string(batch) + ", channels=" +
                     std::to_string(channels) + ", time) frames");
   std::vector<float> data(raw.size() / sizeof(float));
   std::memcpy(data.data(), raw.data(), raw.size());
-  *time = static_cast<int64_t>(raw.size() / row);
+  cli::check_finite(data.data(), data.size(), std::string(option) + " " + path);
+  *time = static_cast<int64_t>(raw.size()) / row;
   return data;
+}
+
+// Every stream's WAV and the tokens file need a descriptor at once: raise the soft limit if it is too low.
+void ensure_open_files(int64_t batch) {
+  const rlim_t needed = static_cast<rlim_t>(batch) + 256;  // + ONNX Runtime, standard streams, tokens
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= needed) return;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < needed)
+    throw wn::Error("--batch " + std::to_string(batch) + " writes " + std::to_string(batch) +
+                    " files at once, but this process may open only " + std::to_string(rl.rlim_max) +
+                    " (ulimit -n); use a smaller --batch");
+  rl.rlim_cur = needed;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    throw wn::Error("--batch " + std::to_string(batch) + ": cannot raise the open-file limit (ulimit -n)");
 }
 
 int run(int argc, char** argv) {
@@ -77,12 +94,13 @@ int run(int argc, char** argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
+  // ---- arguments and limits: checked before anything is read or created
   if (args.positional.size() != 1) throw cli::Usage("give exactly one EXPORT_DIR");
   if (!args.has("--output")) throw cli::Usage("-o/--output OUT.wav is required");
   const bool quiet = args.has("--quiet");
   const bool tty = !quiet && ::isatty(STDERR_FILENO);
   const std::string out = args.get("--output");
-  const int64_t batch = args.integer("--batch", 1, 1);
+  const int64_t batch = args.integer("--batch", 1, 1, wn::limits::kMaxBatch);
   uint64_t seed = 0;
   if (args.has("--seed")) {
     const std::string s = args.get("--seed");
@@ -91,28 +109,37 @@ int run(int argc, char** argv) {
     seed = std::strtoull(s.c_str(), &end, 10);
     if (s.empty() || *end || errno || s[0] == '-') throw cli::Usage("--seed must be an integer in [0, 2^64) (got '" + s + "')");
   }
-
-  const wn::Manifest manifest = wn::read_manifest(args.positional[0], !args.has("--no-verify"));
-  const wn::GraphInfo& graph = manifest.graph(args.get("--graph", "step"));
-  if (graph.kind != "step") throw wn::Error("graph '" + graph.name + "' is a " + graph.kind + " graph; pick a step graph with --graph");
-  const int64_t rate = manifest.model.sample_rate;
-  int64_t samples = rate;
-  if (args.has("--seconds")) samples = static_cast<int64_t>(args.number("--seconds", 1.0) * static_cast<double>(rate) + 0.5);
-  samples = args.integer("--samples", samples, 1);
-  if (samples < 1) throw cli::Usage("need at least one sample");
-
   wn::GenerateOptions opt;
-  opt.samples = samples;
   opt.batch = batch;
   opt.seed = seed;
   opt.greedy = args.has("--greedy");
   opt.temperature = args.number("--temperature", 1.0);
-  opt.quantization_channels = manifest.model.quantization_channels;
-  opt.chunk = args.integer("--chunk", 4000, 1);
-  if (!opt.greedy && !(opt.temperature > 0))
-    throw wn::Error("temperature must be > 0 (got " + args.get("--temperature") + "); use --greedy instead");
+  opt.chunk = args.integer("--chunk", 4000, 1, wn::limits::kMaxSamples);
+  if (!opt.greedy) wn::check_temperature(opt.temperature);
 
-  // conditioning, checked against what the graph takes
+  // ---- the manifest, validated for this batch
+  const wn::Manifest manifest = wn::read_manifest(args.positional[0], !args.has("--no-verify"));
+  const wn::GraphInfo& graph = manifest.graph(args.get("--graph", "step"));
+  if (graph.kind != "step") throw wn::Error("graph '" + graph.name + "' is a " + graph.kind + " graph; pick a step graph with --graph");
+  const wn::StepPlan plan = wn::plan_step(graph, batch);
+  const int64_t rate = manifest.model.sample_rate;
+  opt.quantization_channels = manifest.model.quantization_channels;
+  if (plan.classes != opt.quantization_channels)
+    throw wn::Error("graph '" + graph.name + "' has " + std::to_string(plan.classes) +
+                    " logits per sample but the manifest's quantization_channels is " +
+                    std::to_string(opt.quantization_channels));
+  int64_t samples = rate;
+  if (args.has("--seconds")) {
+    const double seconds = args.number("--seconds", 1.0);
+    if (!(seconds > 0) || !(seconds * static_cast<double>(rate) < static_cast<double>(wn::limits::kMaxSamples)))
+      throw cli::Usage("--seconds must be > 0 and at most " +
+                       std::to_string(wn::limits::kMaxSamples / rate) + " at " + std::to_string(rate) + " Hz");
+    samples = std::max<int64_t>(1, static_cast<int64_t>(seconds * static_cast<double>(rate) + 0.5));
+  }
+  samples = args.integer("--samples", samples, 1, wn::limits::kMaxSamples);
+  opt.samples = samples;
+
+  // ---- conditioning, checked against what the graph takes
   const wn::TensorInfo* speaker = graph.input("speaker");
   if (speaker && !args.has("--speaker"))
     throw wn::Error("this model has " + std::to_string(manifest.model.speakers) +
@@ -120,30 +147,48 @@ int run(int argc, char** argv) {
                     std::to_string(manifest.model.speakers - 1) + ")");
   if (!speaker && args.has("--speaker")) throw wn::Error("--speaker: this model has no global conditioning");
   if (speaker) opt.speakers = cli::speakers(args.get("--speaker"), batch, manifest.model.speakers);
+  const bool conditioned = !plan.cond.empty();
+  if (conditioned && plan.cond_channels != manifest.model.local_channels)
+    throw wn::Error("graph '" + graph.name + "' takes " + std::to_string(plan.cond_channels) +
+                    " conditioning channels but the manifest's local_channels is " +
+                    std::to_string(manifest.model.local_channels));
+  if (!conditioned && (args.has("--cond") || args.has("--cond-frames")))
+    throw wn::Error("--cond: this model has no local conditioning");
+  if (conditioned && !args.has("--cond") && !args.has("--cond-frames"))
+    throw wn::Error("conditioned models need --cond FILE (per-sample raw float32 (batch, " +
+                    std::to_string(plan.cond_channels) + ", >= " + std::to_string(samples) + ")) or --cond-frames FILE");
 
-  const wn::TensorInfo* cond = graph.input("cond");
+  // ---- outputs: never an input of this run, never inside the export; checked before any is created
+  std::vector<std::string> outputs, inputs{manifest.path};
+  for (int64_t b = 0; b < batch; ++b) outputs.push_back(stream_path(out, b, batch));
+  if (args.has("--tokens")) outputs.push_back(args.get("--tokens"));
+  for (const auto& [name, g] : manifest.graphs) inputs.push_back(g.path);
+  for (const auto& [name, e] : manifest.engines) inputs.push_back(e.path);
+  for (const char* option : {"--cond", "--cond-frames", "--engine"})
+    if (args.has(option)) inputs.push_back(args.get(option));
+  wn::check_outputs(outputs, inputs, manifest.directory);
+  ensure_open_files(batch);
+
   std::vector<float> features;
-  if (cond) {
-    const int64_t C = manifest.model.local_channels;
+  if (conditioned) {
+    const int64_t C = plan.cond_channels;
     int64_t time = 0;
     if (args.has("--cond")) {
       features = read_features(args.get("--cond"), batch, C, &time, "--cond");
-    } else if (args.has("--cond-frames")) {
+    } else {
       std::vector<float> frames = read_features(args.get("--cond-frames"), batch, C, &time, "--cond-frames");
       wn::Tensor x = wn::Tensor::zeros(wn::DType::Float32, {batch, C, time});
       std::memcpy(x.data.data(), frames.data(), x.data.size());
-      auto upsampler = wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0))})
+      auto upsampler = wn::make_ort_backend({static_cast<int>(args.integer("--threads", 0, 0, wn::limits::kMaxThreads))})
                            ->open_graph(manifest.graph("upsample"));
       wn::Tensors y = upsampler->run({{"cond", x}});
       const wn::Tensor& s = y.at("cond_samples");
-      if (s.shape.size() != 3 || s.shape[0] != batch || s.shape[1] != C)
+      if (s.shape.size() != 3 || s.shape[0] != batch || s.shape[1] != C || s.dtype != wn::DType::Float32)
         throw wn::Error("the upsample graph returned shape " + wn::shape_str(s.shape));
       time = s.shape[2];
       features.resize(static_cast<size_t>(s.count()));
       std::memcpy(features.data(), s.data.data(), s.data.size());
-    } else {
-      throw wn::Error("conditioned models need --cond FILE (per-sample raw float32 (batch, " + std::to_string(C) +
-                      ", >= " + std::to_string(samples) + ")) or --cond-frames FILE");
+      cli::check_finite(features.data(), features.size(), "the upsampled conditioning");
     }
     if (time < samples)
       throw wn::Error("the conditioning covers " + std::to_string(time) + " samples but " + std::to_string(samples) +
@@ -151,18 +196,16 @@ int run(int argc, char** argv) {
     opt.cond = features.data();
     opt.cond_channels = C;
     opt.cond_time = time;
-  } else if (args.has("--cond") || args.has("--cond-frames")) {
-    throw wn::Error("--cond: this model has no local conditioning");
   }
 
   std::unique_ptr<wn::Backend> backend = cli::backend(args, manifest);
   std::unique_ptr<wn::StepRunner> runner = backend->open_step(graph);
 
-  // stream to one WAV per stream (+ tokens)
+  // ---- stream to one WAV per stream (+ tokens), each under a temporary name until the end
   std::vector<std::unique_ptr<wn::WavWriter>> wavs;
-  for (int64_t b = 0; b < batch; ++b) wavs.push_back(std::make_unique<wn::WavWriter>(stream_path(out, b, batch), rate));
-  std::vector<int64_t> tokens;
-  if (args.has("--tokens")) tokens.resize(static_cast<size_t>(batch * samples));
+  for (int64_t b = 0; b < batch; ++b) wavs.push_back(std::make_unique<wn::WavWriter>(outputs[b], rate));
+  std::unique_ptr<wn::OutputFile> tokens;
+  if (args.has("--tokens")) tokens = std::make_unique<wn::OutputFile>(args.get("--tokens"));
   std::vector<float> table(static_cast<size_t>(opt.quantization_channels));
   for (int64_t q = 0; q < opt.quantization_channels; ++q) table[q] = wn::mulaw_decode(q, opt.quantization_channels);
   std::vector<int16_t> pcm;
@@ -171,19 +214,23 @@ int run(int argc, char** argv) {
   wn::generate(*runner, opt, [&](const int64_t* chunk, int64_t count) {
     pcm.resize(static_cast<size_t>(count));
     for (int64_t b = 0; b < batch; ++b) {
+      const int64_t* row = chunk + b * count;  // (batch, count)
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t q = chunk[b * count + i];
+        const int64_t q = row[i];
         pcm[i] = wn::to_pcm16(q >= 0 && q < opt.quantization_channels ? table[q] : wn::mulaw_decode(q, opt.quantization_channels));
-        if (!tokens.empty()) tokens[b * samples + done + i] = q;
       }
       wavs[b]->write(pcm.data(), pcm.size());
+      if (tokens)  // (batch, samples) row-major: this chunk's row b goes to [b, done : done + count)
+        tokens->write_at(row, static_cast<size_t>(count) * sizeof(int64_t), (b * samples + done) * 8);
     }
     done += count;
     if (tty) std::fprintf(stderr, "\rwn_generate: %lld/%lld samples", (long long)done, (long long)samples);
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& w : wavs) w->close();
-  if (!tokens.empty()) wn::write_file(args.get("--tokens"), tokens.data(), tokens.size() * sizeof(int64_t));
+  if (tokens) tokens->close();
+  for (auto& w : wavs) w->commit();  // every output is complete: move them into place
+  if (tokens) tokens->commit();
   if (!quiet)
     std::fprintf(stderr, "%swn_generate: wrote %s%s (%lld samples x %lld streams, %.2f s of audio at %lld Hz) "
                          "with %s in %.2f s (%.0f samples/s per stream)\n",

@@ -16,7 +16,7 @@ predicted sample, the mean of the graph's log_prob output over batch x (time - 1
 
       --tokens FILE       raw little-endian int64 tokens (batch, time), row-major
       --wav FILE          16-bit PCM WAV, μ-law encoded with the model's classes (one stream)
-  -b, --batch B           streams in --tokens (default 1; time = size / (8 B))
+  -b, --batch B           streams in --tokens (default 1, at most 4096; time = size / (8 B))
       --graph NAME        scoring graph of the manifest (default: scoring; e.g. scoring.fp16)
       --speaker ID[,ID…]  global conditioning: a speaker id, or one per stream
       --cond FILE         local conditioning per sample: raw float32 (batch, C, time), row-major
@@ -50,7 +50,7 @@ int run(int argc, char** argv) {
     throw wn::Error("graph '" + graph.name + "' takes no tokens (a scalar-input model?); this host scores token "
                     "(one-hot input) models only");
 
-  int64_t batch = args.integer("--batch", 1, 1);
+  int64_t batch = args.integer("--batch", 1, 1, wn::limits::kMaxBatch);
   wn::Tensor tokens;
   if (args.has("--tokens")) {
     std::vector<unsigned char> raw = wn::read_file(args.get("--tokens"));
@@ -72,6 +72,12 @@ int run(int argc, char** argv) {
   }
   const int64_t T = tokens.shape[1];
   if (T < 2) throw wn::Error("scoring needs at least 2 tokens per stream (got " + std::to_string(T) + ")");
+  // the scoring graph's logits (batch, time, Q) float32 are its largest tensor: bounded before running it
+  const int64_t logits = wn::checked_mul(wn::checked_mul(wn::checked_mul(batch, T, "logits"), Q, "logits"), 4, "logits");
+  if (logits > wn::limits::kMaxTensorBytes)
+    throw wn::Error("scoring " + std::to_string(batch) + " x " + std::to_string(T) + " tokens needs " +
+                    wn::human_bytes(logits) + " of logits, more than the host allocates (" +
+                    wn::human_bytes(wn::limits::kMaxTensorBytes) + ", wn::limits::kMaxTensorBytes); score shorter pieces");
   for (int64_t i = 0; i < tokens.count(); ++i) {
     int64_t q = tokens.as<int64_t>()[i];
     if (q < 0 || q >= Q)
@@ -88,15 +94,22 @@ int run(int argc, char** argv) {
 
   wn::Tensor cond;
   if (graph.input("cond")) {
+    const int64_t C = manifest.model.local_channels;
+    if (C < 1) throw wn::Error("graph '" + graph.name + "' takes conditioning but the manifest's local_channels is 0");
     if (!args.has("--cond"))
-      throw wn::Error("conditioned models need --cond FILE (per-sample raw float32 (batch, " +
-                      std::to_string(manifest.model.local_channels) + ", " + std::to_string(T) + "))");
-    std::vector<unsigned char> raw = wn::read_file(args.get("--cond"));
-    cond = wn::Tensor::zeros(wn::DType::Float32, {batch, manifest.model.local_channels, T});
-    if (raw.size() != cond.data.size())
-      throw wn::Error("--cond " + args.get("--cond") + ": " + std::to_string(raw.size()) + " bytes, expected float32 " +
-                      wn::shape_str(cond.shape) + " = " + std::to_string(cond.data.size()) + " bytes");
+      throw wn::Error("conditioned models need --cond FILE (per-sample raw float32 (batch, " + std::to_string(C) +
+                      ", " + std::to_string(T) + "))");
+    const int64_t want = wn::checked_mul(wn::checked_mul(wn::checked_mul(batch, C, "--cond"), T, "--cond"), 4, "--cond");
+    const int64_t size = wn::file_size(args.get("--cond"));
+    std::vector<unsigned char> raw;
+    if (size < 0 || size == want) raw = wn::read_file(args.get("--cond"), std::min(want, wn::limits::kMaxInputBytes));
+    if (static_cast<int64_t>(raw.size()) != want)
+      throw wn::Error("--cond " + args.get("--cond") + ": " + std::to_string(size < 0 ? static_cast<int64_t>(raw.size()) : size) + " bytes, expected float32 (" +
+                      std::to_string(batch) + ", " + std::to_string(C) + ", " + std::to_string(T) + ") = " +
+                      std::to_string(want) + " bytes");
+    cond = wn::Tensor::zeros(wn::DType::Float32, {batch, C, T});
     std::memcpy(cond.data.data(), raw.data(), raw.size());
+    cli::check_finite(cond.as<float>(), static_cast<size_t>(cond.count()), "--cond " + args.get("--cond"));
   } else if (args.has("--cond")) {
     throw wn::Error("--cond: this model has no local conditioning");
   }

@@ -7,14 +7,28 @@
 #include <tuple>
 
 #include "wn/backend.hpp"
+#include "wn/limits.hpp"
 
 namespace wn {
+
+namespace {
+// Bytes of a tensor, checked for overflow and against limits::kMaxTensorBytes.
+int64_t tensor_bytes(const std::vector<int64_t>& shape, DType dtype, const std::string& what) {
+  int64_t bytes = 0;
+  const bool overflow = __builtin_mul_overflow(element_count(shape), static_cast<int64_t>(dtype_size(dtype)), &bytes);
+  if (overflow || bytes > limits::kMaxTensorBytes)
+    throw Error(what + " " + shape_str(shape) + " needs " + (overflow ? "over 8 EiB" : human_bytes(bytes)) +
+                ", more than the host allocates (" + human_bytes(limits::kMaxTensorBytes) +
+                ", wn::limits::kMaxTensorBytes)");
+  return bytes;
+}
+}  // namespace
 
 Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape) {
   Tensor t;
   t.dtype = dtype;
   t.shape = std::move(shape);
-  t.data.assign(static_cast<size_t>(element_count(t.shape)) * dtype_size(dtype), 0);
+  t.data.assign(static_cast<size_t>(tensor_bytes(t.shape, dtype, "a tensor")), 0);
   return t;
 }
 
@@ -128,30 +142,34 @@ const StepBuffer& StepPlan::buffer(const std::string& name) const {
 StepPlan plan_step(const GraphInfo& g, int64_t batch) {
   auto fail = [&](const std::string& what) -> void { throw Error("graph '" + g.name + "' (" + g.file + "): " + what); };
   if (g.kind != "step") fail("is a " + g.kind + " graph, not a step graph");
-  if (batch < 1) throw Error("batch must be >= 1 (got " + std::to_string(batch) + ")");
+  if (batch < 1 || batch > limits::kMaxBatch)
+    throw Error("batch must be in [1, " + std::to_string(limits::kMaxBatch) + "] (got " + std::to_string(batch) + ")");
   StepPlan p;
   p.batch = batch;
   const DimValues dims{{"batch", batch}};
-  auto resolved = [&](const TensorInfo& t) {
-    try {
-      return resolve(t.shape, dims);
-    } catch (const Error& e) {
-      fail(std::string("tensor '") + t.name + "': " + e.what());
-      return std::vector<int64_t>{};
-    }
-  };
+  int64_t total = 0;  // bytes of every buffer
   for (const auto* list : {&g.inputs, &g.outputs}) {
     for (const TensorInfo& t : *list) {
       StepBuffer b;
       b.name = t.name;
       b.role = t.role;
       b.dtype = t.dtype;
-      b.shape = resolved(t);
-      b.bytes = static_cast<size_t>(element_count(b.shape)) * dtype_size(t.dtype);
       b.input = list == &g.inputs;
+      try {
+        b.shape = resolve(t.shape, dims);
+        for (int64_t d : b.shape)
+          if (d < 1) throw Error("shape " + shape_str(b.shape) + " has a dimension < 1");
+        b.bytes = static_cast<size_t>(tensor_bytes(b.shape, t.dtype, "tensor"));
+        total = checked_add(total, static_cast<int64_t>(b.bytes), "the step buffers' size");
+      } catch (const Error& e) {
+        fail(std::string("tensor '") + t.name + "': " + e.what());
+      }
       p.buffers.push_back(std::move(b));
     }
   }
+  if (total > limits::kMaxTensorBytes)
+    fail("its buffers need " + human_bytes(total) + " for batch " + std::to_string(batch) +
+         ", more than the host allocates (" + human_bytes(limits::kMaxTensorBytes) + ", wn::limits::kMaxTensorBytes)");
   std::set<std::string> seen;
   for (const auto& b : p.buffers)
     if (!seen.insert(b.name).second) fail("tensor name '" + b.name + "' is used twice");
@@ -195,6 +213,9 @@ StepPlan plan_step(const GraphInfo& g, int64_t batch) {
 
   std::set<std::string> state_inputs, state_outputs;
   for (const StateInfo& s : g.state) {
+    if (state_inputs.count(s.input) || state_outputs.count(s.input) || state_inputs.count(s.output) ||
+        state_outputs.count(s.output) || s.input == s.output)
+      fail("state '" + s.input + "' -> '" + s.output + "' reuses a tensor of another state entry");
     const TensorInfo* in = g.find(s.input);
     const TensorInfo* out = g.find(s.output);
     if (!in || p.buffer(s.input).input == false || in->role != "state")
@@ -217,7 +238,7 @@ StepPlan plan_step(const GraphInfo& g, int64_t batch) {
       const TensorInfo* pos = g.find(s.position);
       if (!pos || pos->role != "position" || !p.buffer(s.position).input)
         fail("ring state '" + s.input + "' names position '" + s.position + "', which is not a position input");
-      if (ib.shape.size() < 2 || ob.shape.size() != ib.shape.size() || ob.shape[0] != batch ||
+      if (ib.shape.size() < 2 || ob.shape.size() != ib.shape.size() || ib.shape[0] != batch || ob.shape[0] != batch ||
           !std::equal(ib.shape.begin() + 2, ib.shape.end(), ob.shape.begin() + 2))
         fail("ring state '" + s.input + "' " + shape_str(ib.shape) + " and its update '" + s.output + "' " +
              shape_str(ob.shape) + " must be (batch, rows, …) and (batch, layers, …)");
@@ -230,8 +251,8 @@ StepPlan plan_step(const GraphInfo& g, int64_t batch) {
       r.rings = s.rings;
       r.rows = ib.shape[1];
       r.row_bytes = ib.bytes / static_cast<size_t>(batch * r.rows);
-      for (const Ring& ring : s.rings)
-        if (ring.offset + ring.length > r.rows)
+      for (const Ring& ring : s.rings)  // offset + length <= rows, without overflow
+        if (ring.offset < 0 || ring.length < 1 || ring.length > r.rows || ring.offset > r.rows - ring.length)
           fail("ring (offset " + std::to_string(ring.offset) + ", length " + std::to_string(ring.length) +
                ") lies outside state '" + s.input + "' (" + std::to_string(r.rows) + " rows)");
       p.rings.push_back(std::move(r));

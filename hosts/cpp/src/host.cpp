@@ -3,9 +3,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <limits>
+
+#include "wn/limits.hpp"
 
 namespace wn {
 
@@ -45,6 +48,23 @@ int64_t greedy(const float* logits, int64_t classes) {
   return best;
 }
 
+void check_temperature(double temperature) {
+  if (!std::isfinite(temperature) || !(temperature >= static_cast<double>(FLT_MAX) / DBL_MAX)) {
+    char got[64];
+    std::snprintf(got, sizeof got, "%g", temperature);
+    throw Error(std::string("temperature must be > 0, finite and at least 1.9e-270 (got ") + got +
+                "); for the most likely sample use greedy sampling (--greedy)");
+  }
+}
+
+namespace {
+bool finite_logits(const float* logits, int64_t classes) {  // no NaN, no +inf (-inf is a zero probability)
+  for (int64_t i = 0; i < classes; ++i)
+    if (std::isnan(logits[i]) || logits[i] == std::numeric_limits<float>::infinity()) return false;
+  return true;
+}
+}  // namespace
+
 // ---- μ-law --------------------------------------------------------------------------------------------
 float mulaw_decode(int64_t token, int64_t channels) {
   const double mu = static_cast<double>(channels - 1);
@@ -68,15 +88,18 @@ int16_t to_pcm16(float x) {
 
 // ---- generation -------------------------------------------------------------------------------------
 void generate(StepRunner& runner, const GenerateOptions& o, const ChunkSink& sink) {
-  if (o.samples < 1 || o.batch < 1)
-    throw Error("need at least one sample and one stream (got n=" + std::to_string(o.samples) +
+  if (o.samples < 1 || o.samples > limits::kMaxSamples || o.batch < 1 || o.batch > limits::kMaxBatch)
+    throw Error("need 1 to " + std::to_string(limits::kMaxSamples) + " samples and 1 to " +
+                std::to_string(limits::kMaxBatch) + " streams (got n=" + std::to_string(o.samples) +
                 ", batch=" + std::to_string(o.batch) + ")");
-  if (!o.greedy && !(o.temperature > 0))
-    throw Error("temperature must be > 0 (got " + std::to_string(o.temperature) + "); use greedy sampling instead");
+  if (!o.greedy) check_temperature(o.temperature);
   if (o.chunk < 1) throw Error("chunk must be >= 1");
   runner.reset(o.batch, o.speakers);
   const StepPlan& plan = runner.plan();
   const int64_t B = o.batch, Q = plan.classes, C = plan.cond_channels;
+  if (Q != o.quantization_channels)
+    throw Error("the step graph's logits have " + std::to_string(Q) + " classes but quantization_channels is " +
+                std::to_string(o.quantization_channels));
   if (!plan.cond.empty()) {
     if (!o.cond) throw Error("this model needs per-sample conditioning (batch, " + std::to_string(C) + ", samples)");
     if (o.cond_channels != C || o.cond_time < o.samples)
@@ -100,6 +123,9 @@ void generate(StepRunner& runner, const GenerateOptions& o, const ChunkSink& sin
     const float* logits = runner.step(token.data(), cond);
     for (int64_t b = 0; b < B; ++b) {
       const float* l = logits + b * Q;
+      if (!finite_logits(l, Q))
+        throw Error("the step graph produced NaN or infinite logits at sample " + std::to_string(t) + " of stream " +
+                    std::to_string(b) + " (non-finite weights or conditioning?)");
       token[b] = o.greedy ? greedy(l, Q)
                           : inverse_cdf(l, Q, uniform(o.seed, static_cast<uint64_t>(t * B + b + 1)), o.temperature,
                                         scratch.data());
@@ -157,28 +183,6 @@ ScoreResult score(GraphRunner& runner, const GraphInfo& graph, const Tensor& tok
   return r;
 }
 
-// ---- files ------------------------------------------------------------------------------------------
-std::vector<unsigned char> read_file(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw Error("cannot read " + path + ": " + std::strerror(errno));
-  std::vector<unsigned char> data;
-  unsigned char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) data.insert(data.end(), buf, buf + n);
-  bool bad = std::ferror(f);
-  std::fclose(f);
-  if (bad) throw Error("cannot read " + path);
-  return data;
-}
-
-void write_file(const std::string& path, const void* data, size_t bytes) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) throw Error("cannot write " + path + ": " + std::strerror(errno));
-  bool ok = std::fwrite(data, 1, bytes, f) == bytes;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) throw Error("cannot write " + path + ": " + std::strerror(errno));
-}
-
 // ---- WAV --------------------------------------------------------------------------------------------
 namespace {
 void put_u32(unsigned char* p, uint32_t v) {
@@ -190,6 +194,11 @@ void put_u16(unsigned char* p, uint16_t v) {
 }
 uint32_t get_u32(const unsigned char* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
 uint16_t get_u16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+std::string cli_safe(const std::string& id) {  // a chunk id for a message: printable characters only
+  std::string s;
+  for (char c : id) s += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return s;
+}
 
 void wav_header(unsigned char* h, int64_t sample_rate, uint32_t data_bytes) {
   std::memcpy(h, "RIFF", 4);
@@ -207,73 +216,84 @@ void wav_header(unsigned char* h, int64_t sample_rate, uint32_t data_bytes) {
 }
 }  // namespace
 
-WavWriter::WavWriter(const std::string& path, int64_t sample_rate) : path_(path) {
-  f_ = std::fopen(path.c_str(), "wb");
-  if (!f_) throw Error("cannot write " + path + ": " + std::strerror(errno));
-  unsigned char h[44];
-  wav_header(h, sample_rate, 0);
-  if (std::fwrite(h, 1, 44, f_) != 44) throw Error("cannot write " + path + ": " + std::strerror(errno));
-  sample_rate_ = sample_rate;
+WavWriter::WavWriter(const std::string& path, int64_t sample_rate) : file_(path), sample_rate_(sample_rate) {
+  if (sample_rate < 1 || sample_rate > limits::kMaxSampleRate)
+    throw Error("cannot write " + path + ": sample rate " + std::to_string(sample_rate) + " is out of range");
+  header();
 }
 
-WavWriter::~WavWriter() {
-  if (f_) std::fclose(f_);
+void WavWriter::header() {
+  unsigned char h[44];
+  wav_header(h, sample_rate_, static_cast<uint32_t>(frames_ * 2));
+  file_.write_at(h, sizeof h, 0);
 }
 
 void WavWriter::write(const int16_t* pcm, size_t count) {
+  if (frames_ + static_cast<int64_t>(count) > limits::kMaxSamples)
+    throw Error("cannot write " + file_.path() + ": more than " + std::to_string(limits::kMaxSamples) +
+                " samples do not fit a WAV file");
   std::vector<unsigned char> bytes(count * 2);
   for (size_t i = 0; i < count; ++i) put_u16(&bytes[2 * i], static_cast<uint16_t>(pcm[i]));
-  if (std::fwrite(bytes.data(), 1, bytes.size(), f_) != bytes.size())
-    throw Error("cannot write " + path_ + ": " + std::strerror(errno));
-  std::fflush(f_);  // stream: a reader sees the samples as they are generated
+  file_.write_at(bytes.data(), bytes.size(), 44 + 2 * frames_);
   frames_ += static_cast<int64_t>(count);
+  header();  // a reader of the stream (or of a file left by SIGKILL) sees a valid WAV
 }
 
-void WavWriter::close() {
-  if (!f_) return;
-  unsigned char h[44];
-  wav_header(h, sample_rate_, static_cast<uint32_t>(frames_ * 2));
-  bool ok = std::fseek(f_, 0, SEEK_SET) == 0 && std::fwrite(h, 1, 44, f_) == 44;
-  ok = (std::fclose(f_) == 0) && ok;
-  f_ = nullptr;
-  if (!ok) throw Error("cannot write " + path_ + ": " + std::strerror(errno));
-}
+void WavWriter::close() { file_.close(); }
+
+void WavWriter::commit() { file_.commit(); }
 
 std::vector<float> read_wav(const std::string& path, int64_t* sample_rate) {
-  const std::vector<unsigned char> d = read_file(path);
+  const std::vector<unsigned char> d = read_file(path, limits::kMaxInputBytes);
   auto bad = [&](const std::string& why) { return Error("cannot read WAV " + path + ": " + why); };
   if (d.size() < 12 || std::memcmp(d.data(), "RIFF", 4) || std::memcmp(d.data() + 8, "WAVE", 4))
     throw bad("not a RIFF/WAVE file");
   size_t pos = 12;
-  int channels = 0, bits = 0;
+  int64_t channels = 0, bits = 0, align = 0;
   uint32_t rate = 0;
   const unsigned char* data = nullptr;
   size_t data_bytes = 0;
   while (pos + 8 <= d.size()) {
     const unsigned char* c = d.data() + pos;
-    size_t size = get_u32(c + 4);
-    size_t avail = std::min(size, d.size() - pos - 8);
-    if (!std::memcmp(c, "fmt ", 4) && avail >= 16) {
-      uint16_t format = get_u16(c + 8);
+    const size_t size = get_u32(c + 4);
+    const size_t avail = d.size() - pos - 8;
+    const std::string id(reinterpret_cast<const char*>(c), 4);
+    if (size > avail)
+      throw bad("truncated: chunk '" + cli_safe(id) + "' declares " + std::to_string(size) + " bytes, " +
+                std::to_string(avail) + " follow");
+    if (id == "fmt ") {
+      if (size < 16) throw bad("fmt chunk of " + std::to_string(size) + " bytes (needs 16)");
+      const uint16_t format = get_u16(c + 8);
       if (format != 1 && format != 0xFFFE) throw bad("only PCM WAV is supported (format " + std::to_string(format) + ")");
       channels = get_u16(c + 10);
+      if (!channels) throw bad("the fmt chunk declares 0 channels");
       rate = get_u32(c + 12);
+      align = get_u16(c + 20);
       bits = get_u16(c + 22);
-    } else if (!std::memcmp(c, "data", 4)) {
+    } else if (id == "data") {
+      if (!channels) throw bad("data chunk before the fmt chunk");
       data = c + 8;
-      data_bytes = avail;
+      data_bytes = size;
       break;
     }
     pos += 8 + size + (size & 1);
   }
   if (!channels || !data) throw bad("missing fmt or data chunk");
-  if (bits != 16) throw Error(path + ": only 16-bit PCM WAV is supported (sample width " + std::to_string(bits / 8) + " bytes)");
-  const size_t frames = data_bytes / (2 * static_cast<size_t>(channels));
-  std::vector<float> audio(frames);
+  if (bits != 16)
+    throw Error(path + ": only 16-bit PCM WAV is supported (sample width " + std::to_string(bits / 8) + " bytes)");
+  if (align != 2 * channels)
+    throw bad("block align " + std::to_string(align) + " does not match " + std::to_string(channels) +
+              " 16-bit channels");
+  if (rate < 1 || rate > limits::kMaxSampleRate) throw bad("sample rate " + std::to_string(rate) + " is out of range");
+  if (data_bytes % static_cast<size_t>(align)) throw bad("the data chunk is not a whole number of frames");
+  const size_t frames = data_bytes / static_cast<size_t>(align);
+  if (static_cast<int64_t>(frames) > limits::kMaxSamples)
+    throw bad("more than " + std::to_string(limits::kMaxSamples) + " frames");
+  std::vector<float> audio(frames);  // (frames,)
+  const size_t C = static_cast<size_t>(channels);
   for (size_t i = 0; i < frames; ++i) {
     float s = 0.0f;
-    for (int ch = 0; ch < channels; ++ch)
-      s += static_cast<float>(static_cast<int16_t>(get_u16(data + 2 * (i * channels + ch)))) / 32768.0f;
+    for (size_t ch = 0; ch < C; ++ch) s += static_cast<float>(static_cast<int16_t>(get_u16(data + 2 * (i * C + ch)))) / 32768.0f;
     audio[i] = s / static_cast<float>(channels);
   }
   if (sample_rate) *sample_rate = rate;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "wn/backend.hpp"
+#include "wn/files.hpp"
 #include "wn/manifest.hpp"
 
 namespace wn {
@@ -20,6 +21,9 @@ double uniform(uint64_t seed, uint64_t k);
 // clamped to Q − 1. `scratch` needs Q doubles.
 int64_t inverse_cdf(const float* logits, int64_t classes, double u, double temperature, double* scratch);
 int64_t greedy(const float* logits, int64_t classes);  // first index of the maximum
+// wn::Error unless `temperature` is a usable sampling temperature: finite and large enough that
+// logits / temperature stays finite for every float32 logit (>= FLT_MAX / DBL_MAX, about 1.9e-270).
+void check_temperature(double temperature);
 
 // ---- μ-law (reference_model/mulaw.py) ---------------------------------------------------------------
 float mulaw_decode(int64_t token, int64_t channels);   // float64 formula, rounded to float32
@@ -45,6 +49,8 @@ struct GenerateOptions {
 using ChunkSink = std::function<void(const int64_t* tokens, int64_t count)>;
 
 // Run the step loop: first input Q/2 ("silence"), then each drawn token. Streams chunks to `sink`.
+// Checks first: samples in [1, limits::kMaxSamples], the temperature, the graph's classes against
+// quantization_channels, the conditioning's shape; logits with NaN or +inf stop it with a wn::Error.
 void generate(StepRunner& runner, const GenerateOptions& options, const ChunkSink& sink);
 
 // ---- scoring ----------------------------------------------------------------------------------------
@@ -58,27 +64,25 @@ ScoreResult score(GraphRunner& runner, const GraphInfo& graph, const Tensor& tok
                   const std::vector<int64_t>& speakers);
 
 // ---- WAV (16-bit PCM mono) --------------------------------------------------------------------------
-class WavWriter {  // streams samples; the header's sizes are patched by close()
+// Streams samples to a temporary file next to `path` (header sizes kept current after every write),
+// renamed over `path` by commit(); the destructor removes the temporary file unless committed.
+class WavWriter {
  public:
   WavWriter(const std::string& path, int64_t sample_rate);
-  ~WavWriter();
-  WavWriter(const WavWriter&) = delete;
-  WavWriter& operator=(const WavWriter&) = delete;
   void write(const int16_t* pcm, size_t count);
-  void close();
+  void close();   // finalise the header; the file keeps its temporary name
+  void commit();  // close(), then rename into place
   int64_t frames() const { return frames_; }
 
  private:
-  std::string path_;
-  std::FILE* f_ = nullptr;
+  void header();
+  OutputFile file_;
   int64_t sample_rate_ = 0, frames_ = 0;
 };
 
-// 16-bit PCM WAV → float32 samples (x / 32768, channels averaged) and its sample rate.
+// 16-bit PCM WAV → float32 samples (x / 32768, channels averaged) and its sample rate. Strict: a
+// truncated chunk, a data size that is not whole frames, or more than limits::kMaxSamples frames is a
+// wn::Error; the file is refused before it is read when it is larger than limits::kMaxInputBytes.
 std::vector<float> read_wav(const std::string& path, int64_t* sample_rate);
-
-// Whole-file helpers.
-std::vector<unsigned char> read_file(const std::string& path);
-void write_file(const std::string& path, const void* data, size_t bytes);
 
 }  // namespace wn
