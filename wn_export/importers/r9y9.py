@@ -105,11 +105,11 @@ def _unsupported_keys(keys: list[str]) -> str:
 def import_r9y9(checkpoint, hparams: dict | str | Path | None = None,
                 stacks: int | None = None) -> tuple[WaveNet, list[str]]:
     """Read a wavenet_vocoder checkpoint → (float32 eval `WaveNet`, notes on every assumed setting)."""
-    state = fold_weight_norm(load_torch_state_dict(checkpoint))
     hp = dict(read_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or {}))
     check_hparams(hp)
     if stacks is not None and (isinstance(stacks, bool) or not isinstance(stacks, int)):
         raise ImportError_(f"stacks must be an integer (got {stacks!r:.40})")
+    state = fold_weight_norm(load_torch_state_dict(checkpoint))
     notes: list[str] = []
 
     def setting(name: str, default, why: str):
