@@ -38,7 +38,7 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> WaveNet:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -215,6 +215,9 @@ CASES: dict[str, Case] = {
     "manifest/nan-init": Case("manifest numbers", lambda w: [
         "generate", w.edit(lambda d: _step(d)["state"][0].__setitem__("init", float("nan"))), "-n", 4,
         "-o", w.root / "o.wav"], "init"),
+    "manifest/init-1e400": Case("manifest numbers", lambda w: [
+        "generate", w.manifest_text((w.export() / "manifest.json").read_text().replace('"init": 0.0', '"init": 1e400')),
+        "-n", 4, "-o", w.root / "o.wav"], "init"),
     "manifest/shape-1e12": Case("manifest numbers", lambda w: [
         "generate", w.edit(lambda d: _step(d)["state"][0].__setitem__("shape", ["batch", 10**12, 4])), "-n", 4,
         "-o", w.root / "o.wav"], "dimension"),
@@ -325,7 +328,7 @@ CASES: dict[str, Case] = {
         "onnx", "-c", _checkpoint_1e300(w), "-o", w.root / "out"], "float32"),
     "checkpoint/fp16-overflow": Case("non-finite after a cast", lambda w: [
         "onnx", "-c", _fp16_overflow(w), "-o", w.root / "out", "--fp16"], "finite"),
-    "checkpoint/dev-zero": Case("checkpoint files", lambda w: ["info", "/dev/zero"], ""),
+    "checkpoint/dev-zero": Case("checkpoint files", lambda w: ["info", "/dev/zero"], "not a regular file"),
     "checkpoint/directory": Case("checkpoint files", lambda w: ["info", w.root], ""),
     "checkpoint/truncated": Case("checkpoint files", lambda w: [
         "info", w.file("t.safetensors", w.sources["tiny.safetensors"].read_bytes()[:200])], "safetensors"),

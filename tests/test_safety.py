@@ -118,3 +118,22 @@ def test_parity_in_pieces_equals_parity_in_one_piece(tmp_path, monkeypatch):
     for key, metrics in whole.items():
         for name, value in metrics.items():
             assert pieces[key][name] == pytest.approx(value, rel=1e-6, abs=1e-12), (key, name)
+
+
+def test_hygiene_refuses_weights_that_are_not_finite():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from wn_export.errors import ExportError
+    from wn_export.export.hygiene import check_graph
+
+    def graph(weight):
+        return helper.make_model(helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 2])],
+            [numpy_helper.from_array(np.array(weight, np.float16), "w")]), opset_imports=[helper.make_opsetid("", 17)])
+
+    assert check_graph(graph([1.0, 2.0]), {"batch"}, "ok.onnx")["initializers"] == 1
+    with pytest.raises(ExportError, match="weights not finite in the graph's precision: w \\(float16\\)"):
+        with np.errstate(over="ignore"):
+            check_graph(graph([1.0, 1e5]), {"batch"}, "loud.onnx")

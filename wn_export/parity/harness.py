@@ -6,7 +6,12 @@ Checks per graph precision present in the manifest:
 3. generation: the step graph and the reference driven by the same uniforms; FP32 must draw the
    identical sequence, FP16 reports its first divergence;
 and, for conditioned models, the upsample graph vs the reference upsampling.
-Metrics are data (`Check`, `Report`); tolerances per precision live in `TOLERANCES`.
+Metrics are data (`Check`, `Report`); tolerances per precision live in `TOLERANCES`. Long inputs run in
+pieces and are judged as one sequence (`MetricStream`), so memory does not grow with the clip: the
+reference carries its state across pieces, the whole-sequence scoring graph runs overlapping windows.
+
+Stages: `_prepare` (validate, read DIR, reference outputs) → `_upsample_checks` → per precision
+`_scoring_checks` → `_step_checks` (teacher forcing, `_generation_check`).
 
 Variants: scalar-input models are fed the decoded samples of the same μ-law tokens (so the speech
 and random inputs are the same signals); mixture-of-logistics outputs are compared as raw parameters
