@@ -109,12 +109,12 @@ def test_parity_in_pieces_equals_parity_in_one_piece(tmp_path, monkeypatch):
     save_checkpoint(random_model(cfg, seed=4), tmp_path / "m.safetensors")
     export_directory(tmp_path / "exp", tmp_path / "m.safetensors")
     reports = {}
-    for rows, chunk in ((10**9, 1), (64, 5)):
+    for rows, chunk in ((10**9, 1), (256, 5)):
         monkeypatch.setattr(harness, "WINDOW_ROWS", rows)
         monkeypatch.setattr(harness, "MIN_CHUNK", chunk)
         reports[rows] = harness.run_parity(tmp_path / "exp", generation_samples=50)
     whole, pieces = ({(c.name, c.graph): c.metrics for c in r.checks} for r in reports.values())
-    assert whole.keys() == pieces.keys() and reports[64]
+    assert whole.keys() == pieces.keys() and reports[256]
     for key, metrics in whole.items():
         for name, value in metrics.items():
             assert pieces[key][name] == pytest.approx(value, rel=1e-6, abs=1e-12), (key, name)
