@@ -2,7 +2,8 @@
 
 Metadata keys: `format` = "wn-export/checkpoint/1", `config` = `WaveNetConfig.to_json()`.
 Tensor names are the `WaveNet` state-dict names. Loading rejects missing, extra or mis-shaped
-tensors and corrupt files with one `CheckpointError`.
+tensors, corrupt files and values that are not finite (in the file, or once cast to float32) with one
+`CheckpointError`; saving refuses values that are not finite in float32.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def save_checkpoint(model: WaveNet, path) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"cannot save {path}: {_names(bad)} not finite in float32 (NaN, or a value "
+                              "beyond float32's ±3.4e38)")
     meta = {"format": FORMAT, "config": model.cfg.to_json(indent=None)}
     atomic_write_bytes(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -33,7 +38,7 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> WaveNet:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -66,8 +71,13 @@ def load_checkpoint(path, dtype: torch.dtype = torch.float32) -> WaveNet:
             problems.append(f"{k} contains NaN or Inf")
     if problems:
         raise CheckpointError(f"{path} does not match its config: " + "; ".join(problems))
-    model.load_state_dict(tensors)
-    return model.to(dtype).eval()
+    model.load_state_dict(tensors)  # into float32 parameters: a float64 1e300 becomes inf here
+    model = model.to(dtype).eval()
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {_names(bad)} not finite once cast to {str(dtype).removeprefix('torch.')} "
+                              "(a value beyond float32's ±3.4e38?)")
+    return model
 
 
 def _names(names: list[str], limit: int = 6) -> str:

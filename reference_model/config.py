@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from .errors import ConfigError
 UPSAMPLE_METHODS = ("repeat", "linear", "conv_transpose")
 INPUT_KINDS = ("onehot", "scalar")
 OUTPUT_KINDS = ("categorical", "mol")
+MAX_SAMPLE_RATE = (1 << 31) - 1  # a WAV header stores rate × 2 bytes in 32 bits
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -81,20 +84,19 @@ class WaveNetConfig:
     upsample_freq_kernel: int = 3  # conv_transpose: kernel size along the channel axis (odd)
 
     def __post_init__(self) -> None:
-        if self.dilations is not None:
-            try:
-                object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
-            except (TypeError, ValueError):
-                raise ConfigError(f"dilations must be a list of integers (got {self.dilations!r})") from None
-        if self.upsample_scales is not None:
-            try:
-                object.__setattr__(self, "upsample_scales", tuple(int(s) for s in self.upsample_scales))
-            except (TypeError, ValueError):
-                raise ConfigError(f"upsample_scales must be a list of integers "
-                                  f"(got {self.upsample_scales!r})") from None
+        for name in ("dilations", "upsample_scales"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{name} must be a list of integers (got {value!r:.80})")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
         if isinstance(self.log_scale_min, int) and not isinstance(self.log_scale_min, bool):
             object.__setattr__(self, "log_scale_min", float(self.log_scale_min))
         errors = list(self._problems())
+        if not errors:  # sizes only once every field is valid (they are computed from the fields)
+            errors = list(self._resource_problems())
         if errors:
             raise ConfigError("invalid WaveNet config: " + "; ".join(errors))
 
@@ -182,7 +184,51 @@ class WaveNetConfig:
         elif self.upsample_scales is not None:
             yield f"upsample_scales is only for upsample 'conv_transpose' (got upsample {self.upsample!r})"
 
+    def _resource_problems(self):
+        """Sizes against `reference_model.limits` (each names the variable that raises it), cheapest first:
+        the layer count bounds the work of computing the others."""
+        from .limits import exceeded
+
+        if problem := exceeded("layers", self.layers, "layers"):
+            yield problem
+            return
+        if problem := exceeded("receptive_field", self.receptive_field, "the receptive field"):
+            yield problem
+            return
+        if self.sample_rate > MAX_SAMPLE_RATE:
+            yield f"sample_rate must be at most {MAX_SAMPLE_RATE:,} (a WAV header's byte rate is 32-bit)"
+        for name, value, what in (("hop_size", self.hop_size, "hop_size"),
+                                  ("parameters", self.parameter_count, "the parameter count"),
+                                  ("state_bytes", self.state_bytes, "one stream's step state")):
+            if problem := exceeded(name, value, what):
+                yield problem
+
     # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the `WaveNet` this config builds, computed without building it."""
+        R, G, S, K = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
+        half, O, E = G // 2, self.output_channels, self.speaker_channels
+        if self.scalar_input or self.initial_filter_width > 1:
+            count = self.input_channels * R * self.initial_filter_width + R * self.input_bias
+        else:
+            count = self.quantization_channels * R  # the embedding
+        count += self.speakers * E if self.global_ else 0
+        per_layer = G * R * K + G * self.has_dilated_bias + S * half + S * self.has_skip_bias
+        per_layer += G * self.local_channels + (G * E if self.global_ else 0)
+        residual = R * half + R * self.has_residual_bias
+        count += self.layers * per_layer + residual * (self.layers - (not self.last_residual))
+        count += S * S + O * S + (S + O) * self.bias  # the head
+        if self.upsample == "conv_transpose":
+            count += sum(self.upsample_freq_kernel * s + 1 for s in self.upsample_scales)
+        return count
+
+    @property
+    def state_bytes(self) -> int:
+        """One stream's step state in float32: every layer's (K−1)·d past inputs, and the front end's."""
+        rows = sum(self.state_lengths)
+        return 4 * (rows * self.residual_channels + self.input_state_length * self.input_channels)
+
     @property
     def layer_dilations(self) -> tuple[int, ...]:
         if self.dilations is not None:
@@ -277,17 +323,22 @@ class WaveNetConfig:
     def from_json(cls, text: str) -> WaveNetConfig:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
+        except ValueError as e:  # JSONDecodeError, and integers of more than 4,300 digits
+            raise ConfigError(f"config is not valid JSON: {str(e)[:200]}") from None
+        except RecursionError:
+            raise ConfigError("config is not valid JSON: it is nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path) -> WaveNetConfig:
+        """A config JSON file (a regular file of at most `MAX_CONFIG_BYTES`)."""
+        from .files import read_regular
+
+        data = read_regular(path, MAX_CONFIG_BYTES, "config", ConfigError)
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not UTF-8 text") from None
         return cls.from_json(text)
 
     def summary(self) -> str:

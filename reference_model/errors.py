@@ -19,3 +19,11 @@ class CheckpointError(WNExportError):
 
 class InputError(WNExportError):
     """Inputs of the wrong shape, dtype or range."""
+
+
+class OutputError(WNExportError):
+    """An output path that cannot be written, or that would overwrite one of the command's inputs."""
+
+
+class LimitError(WNExportError):
+    """A size above a resource limit (`reference_model.limits`); the message names the limit to raise."""

@@ -45,10 +45,26 @@ def uniforms(seed: int, steps: int, batch: int, start: int = 0) -> np.ndarray:
     return ((z >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(steps, batch)
 
 
+# Below this temperature sampling is greedy in all but name: logit gaps of 1e-3 already scale to
+# exp(-1e3) = 0 in float64. Far below it, a finite float32 logit over the temperature overflows float64
+# (3.4e38 / T > 1.8e308 for T < 1.9e-270) and every draw becomes NaN, i.e. token 0.
+MIN_TEMPERATURE = 1e-6
+
+
+def check_temperature(method: str, temperature) -> float:
+    """The temperature as a float: for method "sample" a finite number ≥ `MIN_TEMPERATURE` (greedy ignores it)."""
+    if method != "sample":
+        return 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(temperature) or temperature < MIN_TEMPERATURE:
+        raise InputError(f"temperature must be a finite number >= {MIN_TEMPERATURE:g} (got {temperature!r:.40}); "
+                         "for the most likely token use --method greedy")
+    return float(temperature)
+
+
 def inverse_cdf(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """logits (B, Q), u (B,) in [0, 1) → int64 samples (B,)."""
-    if temperature <= 0:
-        raise InputError(f"temperature must be > 0 (got {temperature}); use greedy sampling instead")
+    temperature = check_temperature("sample", temperature)
     z = np.asarray(logits, dtype=np.float64) / temperature
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     c = np.cumsum(p, axis=-1)  # (B, Q)

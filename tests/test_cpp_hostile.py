@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_cpp_host import HOST, build_host, host  # noqa: F401 (host: the session fixture, Release build)
 
 ASAN_BUILD = HOST / "build-asan"

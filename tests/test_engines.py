@@ -4,6 +4,7 @@ checked against the manifest; TensorRT runners on a GPU (marked `gpu`, skipped w
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,7 +71,11 @@ def test_demo_fp16_and_fp32_engines(demo_export):
     assert set(json.loads((demo_export / "manifest.json").read_text())["engines"]) == {
         "scoring", "step", "scoring.fp16", "step.fp16"}  # the fp16 entries survived the fp32 build
     r = CliRunner().invoke(main, ["inspect", str(demo_export)])
-    assert "engine step.fp16: step.fp16.engine (tensorrt-rtx" in r.output
+    file = read_manifest(demo_export).engine("step.fp16").file
+    assert re.fullmatch(r"step\.fp16\.[0-9a-f]{16}\.engine", file)  # named by its content: never rewritten
+    assert f"engine step.fp16: {file} (tensorrt-rtx" in r.output
+    assert sorted(p.name for p in demo_export.glob("*.engine")) == sorted(
+        e["file"] for e in json.loads((demo_export / "manifest.json").read_text())["engines"].values())
 
 
 def test_conditioned_config_engines(tmp_path, checkpoint_factory):

@@ -6,24 +6,60 @@ without them. Errors users can cause (`WNExportError`) become one line on stderr
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from wn_export.backends import BACKENDS  # the registry (no heavy imports)
 
+SEED = click.IntRange(0, 2**64 - 1)  # SplitMix64 seeds
+THREADS = click.IntRange(1, 1024)
+
+
+class _OneLineUsage(click.ClickException):
+    """A bad option or argument, shown as one line (click's usage errors print the usage block too)."""
+
+    exit_code = 2
+
+
+def _terminate(_signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM runs the same cleanup as Ctrl-C: staging and temporary files go
+
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        top = ctx.parent is None and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if top else None
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _OneLineUsage(f"{e.format_message()} (see `{(e.ctx or ctx).command_path} --help`)") from None
         except Exception as e:  # noqa: BLE001 - user errors become messages, bugs keep tracebacks
             from reference_model.errors import WNExportError
 
             if isinstance(e, WNExportError):
                 raise click.ClickException(str(e)) from None
             raise
+        finally:
+            if top:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _check_output(path: Path | None, *inputs, directory: bool = False) -> None:
+    """Refuse an unwritable output, or one that is an input, before the command does any work."""
+    if path is not None:
+        from reference_model.files import check_output
+
+        check_output(path, inputs, directory=directory)
+
+
+def _export_inputs(directory: Path) -> list[Path]:
+    from wn_export.contract.manifest import export_files
+
+    return export_files(directory)
 
 
 def _checkpoint_option(f):
@@ -51,10 +87,12 @@ def main():
               help="WaveNet config JSON (fields of WaveNetConfig).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.safetensors).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random initialisation.")
 def init(config_path: Path, output: Path, seed: int):
     """Create a randomly initialised checkpoint from a config."""
     from wn_export.commands.init import init_checkpoint
+
+    _check_output(output, config_path)
 
     model = init_checkpoint(config_path, output, seed)
     click.echo(f"wrote {output} ({model.parameter_count():,} parameters, "
@@ -81,15 +119,15 @@ def _save_imported(model, notes: list[str], output: Path, prefix: str = "note:")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", "hparams_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Their preset / hparams JSON (stacks, legacy, input_type, log_scale_min, …).")
-@click.option("--stacks", type=int, default=None,
+@click.option("--stacks", type=click.IntRange(1), default=None,
               help="Dilation cycles, when no --hparams gives them (the checkpoint does not record them).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.safetensors).")
 def import_r9y9_command(checkpoint: Path, hparams_path: Path | None, stacks: int | None, output: Path):
     """Import an r9y9 wavenet_vocoder checkpoint (state dict or training checkpoint)."""
-    from wn_export.importers import check_output, import_r9y9
+    from wn_export.importers import import_r9y9
 
-    check_output(output, [checkpoint, hparams_path])
+    _check_output(output, checkpoint, hparams_path)
     model, notes = import_r9y9(checkpoint, hparams_path, stacks)
     _save_imported(model, notes, output, prefix="assumed")
 
@@ -103,10 +141,10 @@ def import_r9y9_command(checkpoint: Path, hparams_path: Path | None, stacks: int
 def import_ibab_command(checkpoint: Path, params_path: Path | None, output: Path):
     """Import an ibab tensorflow-wavenet checkpoint: CHECKPOINT is its prefix (model.ckpt-N), its .index
     file, or the training directory (its latest checkpoint)."""
-    from wn_export.importers import check_output, import_ibab
+    from wn_export.importers import import_ibab
     from wn_export.importers.tf_checkpoint import checkpoint_files
 
-    check_output(output, [*checkpoint_files(checkpoint), params_path])
+    _check_output(output, *checkpoint_files(checkpoint), params_path)
     model, notes = import_ibab(checkpoint, params_path)
     _save_imported(model, notes, output)
 
@@ -117,9 +155,9 @@ def import_ibab_command(checkpoint: Path, params_path: Path | None, output: Path
               help="Checkpoint to write (.safetensors).")
 def import_keras_command(model_path: Path, output: Path):
     """Import a Keras 3 functional WaveNet saved as .keras (read without Keras or TensorFlow)."""
-    from wn_export.importers import check_output, import_keras
+    from wn_export.importers import import_keras
 
-    check_output(output, [model_path])
+    _check_output(output, model_path)
     model, notes = import_keras(model_path)
     _save_imported(model, notes, output)
 
@@ -165,8 +203,8 @@ def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_l
               help="Reference checkpoint (default: the one recorded in the manifest).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--generation-samples", default=2000, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--generation-samples", default=2000, show_default=True, type=click.IntRange(1))
 def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Path | None, seed: int,
            generation_samples: int):
     """Prove every graph in DIRECTORY against the float64 reference; exit 1 on any failure."""
@@ -175,6 +213,7 @@ def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Pa
     from reference_model.atomic import atomic_write_bytes
     from wn_export.parity.harness import run_parity
 
+    _check_output(json_path, *_export_inputs(directory), checkpoint)
     err = Console(stderr=True)
     with err.status("parity") as status:
         report = run_parity(directory, backend, checkpoint=checkpoint, seed=seed,
@@ -200,7 +239,8 @@ def parity(directory: Path, backend: str, checkpoint: Path | None, json_path: Pa
               help="Batch profile. Default: step 1,1,64; scoring 1,1,8.")
 @click.option("--time", "time_", default=None, metavar="MIN,OPT,MAX",
               help="Scoring-graph time profile in samples. Default: 2,16000,32000.")
-@click.option("--workspace", default=4096, show_default=True, help="Workspace limit in MiB.")
+@click.option("--workspace", default=4096, show_default=True, type=click.IntRange(1, 1 << 24),
+              help="Workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Timing cache file to load and update (TensorRT; a no-op in TensorRT-RTX).")
 @click.option("--compute-capability", default=None, metavar="CC",
@@ -231,31 +271,37 @@ def inspect(directory: Path):
 @_checkpoint_option
 @click.option("-o", "--output", "out_dir", default=Path("demo_out"), show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Directory for the demo's outputs.")
-@click.option("-n", "--samples", default=16000, show_default=True, help="Samples to generate.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("-n", "--samples", default=16000, show_default=True, type=click.IntRange(1),
+              help="Samples to generate.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
     """The main job on a model: summary, then a short generated WAV (reference backend)."""
     from wn_export.commands.demo import run_demo
 
+    _check_output(out_dir, checkpoint, directory=True)
     run_demo(checkpoint, out_dir, samples, seed, echo=click.echo)
 
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("-n", "--samples", required=True, type=int, help="Samples to generate per stream.")
+@click.option("-n", "--samples", required=True, type=click.IntRange(1), help="Samples to generate per stream.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="WAV file to write (μ-law decoded, 16-bit); batch > 1 writes OUT-STEM.I.wav per stream.")
 @click.option("--backend", default="onnxruntime", show_default=True, help=" | ".join(BACKENDS) + ".")
 @click.option("--batch", default=1, show_default=True, help="Streams generated together.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling uniforms (SplitMix64).")
+
+@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime | torch | tensorrt.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Streams generated together.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling uniforms (SplitMix64).")
 @click.option("--method", default="sample", show_default=True, help="sample | greedy.")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature (> 0).")
 @click.option("--precision", default="fp32", show_default=True, help="Step graph: fp32 | fp16.")
 @click.option("--cond", "cond_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Local conditioning: .npy of frame-rate features (C, frames) or (batch, C, frames).")
 @click.option("--speaker", default=None, help="Global conditioning: a speaker id, or one per stream (1,4,…).")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default 1).")
-@click.option("--chunk", default=4000, show_default=True, help="Samples per streamed chunk.")
+@click.option("--threads", type=THREADS, default=None, help="ONNX Runtime intra-op threads (default 1).")
+@click.option("--chunk", default=4000, show_default=True, type=click.IntRange(1), help="Samples per streamed chunk.")
 @click.option("--plot", is_flag=True, help="Also write OUT.png: waveform and spectrogram.")
 def generate(directory: Path, samples: int, output: Path, backend: str, batch: int, seed: int, method: str,
              temperature: float, precision: str, cond_path: Path | None, speaker: str | None,
@@ -288,9 +334,11 @@ def generate(directory: Path, samples: int, output: Path, backend: str, batch: i
 @main.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option("--batch", "batches", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--seconds", default=1.0, show_default=True, help="Seconds per backend, batch size and round.")
-@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds (median and spread reported).")
-@click.option("--threads", type=int, default=None,
+@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="Seconds per backend, batch size and round.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Interleaved rounds (median and spread reported).")
+@click.option("--threads", type=THREADS, default=None,
               help="ONNX Runtime step-graph intra-op threads (default 1; see README).")
 @click.option("--layouts", default="ring", show_default=True,
               help="Without DIRECTORY: step-graph state layouts to export and compare (ring,full).")
@@ -305,10 +353,12 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
     from reference_model.atomic import atomic_write_bytes
     from wn_export.bench.run import parse_batches, parse_layouts, run_bench
 
+    batch_sizes, layout_names = parse_batches(batches), parse_layouts(layouts, directory)
+    _check_output(json_path, *(_export_inputs(directory) if directory else ()))
     err = Console(stderr=True)
     with err.status("bench") as status:
-        report = run_bench(directory, batches=parse_batches(batches), seconds=seconds, rounds=rounds,
-                           threads=threads, layouts=parse_layouts(layouts, directory), scoring=not no_scoring,
+        report = run_bench(directory, batches=batch_sizes, seconds=seconds, rounds=rounds,
+                           threads=threads, layouts=layout_names, scoring=not no_scoring,
                            progress=status.update)
     out = Console(width=160)
     out.print(report.summary())

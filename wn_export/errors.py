@@ -1,6 +1,6 @@
 """Errors a user can cause in the export library (all `WNExportError`, shown as one line by the CLI)."""
 
-from reference_model.errors import CheckpointError, ConfigError, InputError, WNExportError
+from reference_model.errors import CheckpointError, ConfigError, InputError, LimitError, OutputError, WNExportError
 
 
 class ExportError(WNExportError):
@@ -19,5 +19,5 @@ class ParityError(WNExportError):
     """A parity check failed: an artifact does not compute what the reference computes."""
 
 
-__all__ = ["WNExportError", "ConfigError", "CheckpointError", "InputError", "ExportError",
+__all__ = ["WNExportError", "ConfigError", "CheckpointError", "InputError", "OutputError", "LimitError", "ExportError",
            "ArtifactError", "BackendError", "ParityError"]

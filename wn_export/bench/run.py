@@ -23,6 +23,7 @@ percentiles pool the per-step times of all rounds. Without DIR the 30-layer targ
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -33,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from reference_model.limits import check
 from wn_export.errors import InputError
 
 TARGET = dict(layers=30, stacks=3, residual_channels=64, gate_channels=128, skip_channels=256, kernel_size=2,
@@ -234,7 +236,7 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise InputError(f"batch sizes must be positive integers (got {batches})")
-    if seconds <= 0 or rounds < 1 or min_steps < 1:
+    if not 0 < seconds < math.inf or rounds < 1 or min_steps < 1:
         raise InputError("seconds must be > 0, rounds and min_steps ≥ 1")
     load_before = _load()
     tmp = None
@@ -444,6 +446,7 @@ def parse_batches(text: str) -> list[int]:
         values = []
     if not values or min(values) < 1:
         raise InputError(f"batch sizes must be comma-separated positive integers (got {text!r})")
+    check("batch", max(values), "batch size")
     return values
 
 

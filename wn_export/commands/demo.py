@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from reference_model import load_checkpoint
+from reference_model.atomic import atomic_write_bytes
 from wn_export import demo_checkpoint
 from wn_export.errors import InputError, ParityError
 
@@ -38,7 +39,8 @@ def run_demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int,
     with console.status("parity") as status:
         report = run_parity(export_dir, "onnxruntime", seed=seed, progress=status.update)
     console.print(report.table())
-    (out_dir / "parity.json").write_text(report.to_json(), encoding="utf-8")
+    text = report.to_json()
+    atomic_write_bytes(out_dir / "parity.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if not report:
         raise ParityError(f"parity FAILED: see the table above and {out_dir / 'parity.json'}")
     echo("\n== TensorRT FP16 engines (strongly typed, from the FP16 graphs)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ from wn_export.contract.specs import (
     FEED_ROLES,
     GRAPH_KINDS,
     LAYOUTS,
+    PRECISION_NAMES,
     WAVENET_STEP_PLUGIN,
     GraphSpec,
     StateSpec,
@@ -78,6 +80,16 @@ def build_manifest(cfg, graphs: dict[str, dict]) -> dict:
 def write_manifest(directory: Path, data: dict) -> None:
     text = json.dumps(data, indent=2) + "\n"
     atomic_write_bytes(Path(directory) / FILENAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def export_files(directory) -> list[Path]:
+    """The files of an export directory a command reads (its manifest, graphs, engines and any external
+    data), which no output of the command may replace."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return [directory / FILENAME, *(p for p in directory.iterdir()
+                                    if p.suffix in (".onnx", ".engine", ".bin", ".data") and p.is_file())]
 
 
 # ---- typed records -------------------------------------------------------------------------------------
@@ -241,6 +253,8 @@ def _state(obj: Any, where: str) -> StateRecord:
     shape = _shape(f.get("shape", list), where)
     update = f.choice("update", ("replace", "ring"), "replace")
     init = f.get("init", (int, float), 0.0)
+    if not math.isfinite(init):
+        raise ArtifactError(f"{where}.init must be a finite number (got {init!r})")
     rings: tuple = ()
     if update == "ring":
         if len(shape) != 3 or not isinstance(shape[1], int):
@@ -270,26 +284,23 @@ def _list(value: Any, where: str) -> list:
 def _graph(directory: Path, name: str, obj: Any, where: str) -> GraphRecord:
     f = _Fields(obj, where)
     file = f.get("file", str)
-    kind, precision = f.choice("kind", GRAPH_KINDS), f.get("precision", str)
+    kind = f.choice("kind", GRAPH_KINDS)
     inputs = tuple(_tensor(t, f"{where}.inputs[{i}]") for i, t in enumerate(_list(f.get("inputs", list), where)))
     outputs = tuple(_tensor(t, f"{where}.outputs[{i}]")
                     for i, t in enumerate(_list(f.get("outputs", list), where)))
     state = tuple(_state(s, f"{where}.state[{i}]") for i, s in enumerate(f.get("state", list, [])))
     layout = f.choice("layout", LAYOUTS, None)
+    precision = f.choice("precision", PRECISION_NAMES)
     plugin = None
     if "fused" in obj:
         fused = _Fields(f.get("fused", dict), f"{where}.fused")
         plugin = fused.choice("plugin", (WAVENET_STEP_PLUGIN.id,))
         if kind != "step" or layout != "ring":
             raise ArtifactError(f"{where}: a fused graph is a step graph with the ring layout")
-    if kind == "step":
-        if not any(t.role in FEED_ROLES for t in inputs) or not any(t.role in DISTRIBUTION_ROLES for t in outputs):
-            raise ArtifactError(f"{where}: a step graph needs a token (or sample) input and a logits "
-                                "(or mol_params) output")
-        names = {t.name for t in (*inputs, *outputs)}
-        for s in state:
-            if s.input not in names or s.output not in names or (s.position and s.position not in names):
-                raise ArtifactError(f"{where}: state {s.input!r:.40} names tensors the graph does not have")
+    expected = graph_name(kind, precision, "fused" if plugin else None)
+    if name != expected:
+        raise ArtifactError(f"{where}: a {precision} {kind} graph{' (fused)' if plugin else ''} must be named "
+                            f"{expected!r}")
     return GraphRecord(name, confined(directory, file, where), file, kind, precision, f.get("sha256", str),
                        inputs, outputs, f.count("nodes", 0, default=None), layout, state, plugin, obj)
 
@@ -302,20 +313,32 @@ def _engine(directory: Path, name: str, obj: Any, where: str) -> EngineRecord:
         for tensor, r in p.items():
             rng = _Fields(r, f"{where}.profiles[{i}].{tensor}")
             for key in ("min", "opt", "max"):
-                _shape(rng.get(key, list), f"{rng.where}.{key}")
+                dims = _shape(rng.get(key, list), f"{rng.where}.{key}")
+                if not dims or not all(isinstance(d, int) for d in dims):
+                    raise ArtifactError(f"{rng.where}.{key} must list numbers")
+    io = tuple(_Fields(t, f"{where}.io[{i}]") for i, t in enumerate(f.get("io", list, [])))
+    for t in io:
+        t.get("name", str), t.choice("mode", ("input", "output")), t.get("dtype", str)
+        dims = t.get("shape", list)  # the engine's: -1 for a dynamic dimension
+        if len(dims) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and -1 <= d <= MAX_DIM for d in dims):
+            raise ArtifactError(f"{t.where}.shape must list at most 8 numbers in -1 … {MAX_DIM}")
     precision = f.get("precision", str, "fp16" if name.endswith(".fp16") else "fp32")
     return EngineRecord(name, confined(directory, file, where), file, f.get("graph", str, name), f.get("sha256", str),
-                        f.get("backend", str), precision, profiles, tuple(f.get("io", list, [])), obj)
+                        f.get("backend", str), precision, profiles, tuple(t.obj for t in io), obj)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _load_json(path: Path) -> Any:
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"{path} is {size:,} bytes: larger than any manifest ({MAX_MANIFEST_BYTES:,} max)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from None
+    from reference_model.files import read_regular
+
+    data = read_regular(path, MAX_MANIFEST_BYTES, "manifest", ArtifactError)
+    try:  # NaN and ±Infinity are not JSON; integers of more than 4,300 digits raise ValueError
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON: {str(e)[:200]}") from None
     except RecursionError:
         raise ArtifactError(f"{path} is not a manifest: its JSON is nested too deeply") from None
 
@@ -338,17 +361,102 @@ def read_manifest(directory, verify: bool = True) -> Manifest:
     graphs = {n: _graph(directory, n, g, f"graphs.{n}") for n, g in top.get("graphs", dict).items()}
     engines = {n: _engine(directory, n, e, f"engines.{n}") for n, e in top.get("engines", dict, {}).items()}
     manifest = Manifest(directory, data, graphs, engines)
-    _check_config(manifest, receptive_field, path)
+    cfg = _check_config(manifest, receptive_field, path)
+    for name, graph in graphs.items():
+        _check_contract(cfg, graph, path)
+    for name, engine in engines.items():
+        if engine.graph not in graphs:
+            raise ArtifactError(f"{path}: engine {name!r} is built from graph {engine.graph!r:.40}, which the "
+                                "manifest does not have")
     for name, graph in graphs.items():
         if not graph.path.is_file():
             raise ArtifactError(f"{path}: graph {name!r} file {graph.file} is missing")
-        if verify and sha256(graph.path) != graph.sha256:
-            raise ArtifactError(f"{graph.file} does not match the manifest's sha256: the graph was "
-                                "modified or replaced after export; re-export the directory")
+        if verify:
+            verify_graph(graph)
     return manifest
 
 
-def _check_config(manifest: Manifest, receptive_field: int, path: Path) -> None:
+# the state dtype each graph precision declares (the FP16 policy's, `export/precision.py`, without torch)
+_STATE_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def _check_contract(cfg, graph: GraphRecord, path: Path) -> None:
+    """The graph's I/O and state rules must be exactly those its model config defines (`specs.py`): a
+    manifest is not hashed, so a host must not trust a ring offset or a shape it cannot derive."""
+    from types import SimpleNamespace
+
+    from .specs import scoring_spec, step_spec, upsample_spec
+
+    precision = SimpleNamespace(name=graph.precision, state_dtype=_STATE_DTYPES[graph.precision])
+    if graph.kind == "upsample":
+        if not cfg.local or graph.precision != "fp32":
+            raise ArtifactError(f"{path}: graph {graph.name!r}: the model has no fp32 upsampling graph")
+        spec = upsample_spec(cfg)
+    elif graph.kind == "scoring":
+        spec = scoring_spec(cfg, precision)
+    else:
+        spec = step_spec(cfg, precision, graph.layout or "ring")
+    want = graph_entry(spec, graph.file, graph.sha256, graph.nodes)
+    for key in ("inputs", "outputs", "layout", "state"):
+        difference = _first_difference(want.get(key), graph.data.get(key), key)
+        if difference:
+            raise ArtifactError(f"{path}: graph {graph.name!r} does not match its model config at {difference}; "
+                                "re-export the directory")
+
+
+def _first_difference(want, got, where: str) -> str | None:
+    """Where two JSON values first differ ("state[0].rings[3]"), None when equal."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        for key in sorted(want.keys() | got.keys()):
+            if (d := _first_difference(want.get(key), got.get(key), f"{where}.{key}")) is not None:
+                return d
+        return None
+    if isinstance(want, list) and isinstance(got, list):
+        for i, (a, b) in enumerate(zip(want, got)):
+            if (d := _first_difference(a, b, f"{where}[{i}]")) is not None:
+                return d
+        return None if len(want) == len(got) else f"{where} ({len(got)} entries, the config gives {len(want)})"
+    if want == got and isinstance(want, bool) == isinstance(got, bool) and type(want) is not list \
+            and not isinstance(want, dict) and not isinstance(got, (list, dict)):
+        return None
+    return f"{where} ({got!r:.40}, the config gives {want!r:.40})"
+
+
+def verify_graph(graph: GraphRecord) -> None:
+    """The graph file's sha256 must be the manifest's, and its weights must be inside it: a graph that
+    loads external data (`weights.bin` beside it) is refused, as those bytes are covered by no hash."""
+    data = graph.path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != graph.sha256:
+        raise ArtifactError(f"{graph.file} does not match the manifest's sha256: the graph was "
+                            "modified or replaced after export; re-export the directory")
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load_from_string(data)  # never follows external data: only bytes are given
+    except Exception:  # noqa: BLE001 - protobuf raises its DecodeError for anything not an ONNX model
+        raise ArtifactError(f"{graph.file} is not an ONNX model; re-export the directory") from None
+    if any(uses_external_data(t) for t in _tensors(model.graph)):
+        raise ArtifactError(f"{graph.file} keeps tensors in external data files, which the manifest's hashes do "
+                            "not cover; re-export the directory (wn-export writes self-contained graphs)")
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    yield from (s.values for s in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
+
+
+def _check_config(manifest: Manifest, receptive_field: int, path: Path):
     from reference_model.errors import ConfigError
 
     try:
@@ -358,7 +466,9 @@ def _check_config(manifest: Manifest, receptive_field: int, path: Path) -> None:
     if cfg.receptive_field != receptive_field:
         raise ArtifactError(f"{path}: receptive_field {receptive_field} does not match the model "
                             f"config ({cfg.receptive_field})")
+    return cfg
 
 
 __all__ = ["FORMAT", "FILENAME", "Manifest", "GraphRecord", "TensorRecord", "StateRecord", "EngineRecord",
-           "read_manifest", "write_manifest", "build_manifest", "graph_entry", "graph_name", "sha256", "confined"]
+           "read_manifest", "write_manifest", "build_manifest", "graph_entry", "graph_name", "sha256", "confined",
+           "verify_graph", "export_files"]

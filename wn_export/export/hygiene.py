@@ -7,6 +7,8 @@
 3. Only ops the TensorRT ONNX parser supports (`TRT_OPS`, from onnx-tensorrt's operator list).
 4. Constants folded: no node other than `Constant` has only constant inputs.
 5. No unused initializers.
+6. Every floating-point initializer and constant is finite in its own dtype (a float32 weight of 1e5
+   is inf once the FP16 policy casts it).
 
 A fused step graph (`plugin` given) is one custom node instead: its domain is accepted for that graph
 only, and checks 2–3 become: exactly one node, the plugin's op in the plugin's domain, with the plugin's
@@ -57,6 +59,7 @@ def check_graph(model: onnx.ModelProto, dynamic_dims: set[str], name: str, plugi
     unused = [i.name for i in model.graph.initializer if i.name not in used]
     if unused:
         problems.append(f"unused initializers: {', '.join(unused[:5])}")
+    problems += _not_finite(model)
     if problems:
         raise ExportError(f"{name} failed graph hygiene: " + "; ".join(problems[:6]))
     return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
@@ -86,6 +89,21 @@ def _plugin_node(model: onnx.ModelProto, plugin) -> list[str]:
         if got != tuple(tuple(w) for w in want):
             problems.append(f"declared output shapes {got} differ from the plugin's shape rule {want}")
     return problems
+
+
+def _not_finite(model: onnx.ModelProto) -> list[str]:
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensors = [*model.graph.initializer,
+               *(a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t"))]
+    bad = []
+    for t in tensors:
+        array = numpy_helper.to_array(t)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad.append(f"{t.name or 'a constant'} ({array.dtype})")
+    return [f"weights not finite in the graph's precision: {', '.join(bad[:5])} (a value beyond the "
+            "dtype's range, e.g. above 65504 in float16)"] if bad else []
 
 
 def _constant_names(model: onnx.ModelProto) -> set[str]:

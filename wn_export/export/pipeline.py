@@ -2,14 +2,16 @@
 (+ DIR/step.fused[.fp16].onnx with `fused_step`, see `export.fused`).
 
 Everything is written to a staging directory beside DIR first and moved in only when every graph
-has been exported and passed hygiene; the manifest is moved last. On any error DIR is untouched.
+has been exported and passed hygiene; the manifest is removed first and moved in last. On any error
+(SIGINT and SIGTERM included) DIR is untouched. The work runs under DIR's writer lock
+(`contract/lock.py`): a second export into DIR waits, and the first thing done under the lock is
+removing what killed exports left behind.
 """
 
 from __future__ import annotations
 
 import io
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -18,8 +20,10 @@ import onnx
 import torch
 
 from reference_model import WaveNet, load_checkpoint
+from reference_model.files import check_output
 from wn_export import demo_checkpoint
-from wn_export.contract.manifest import build_manifest, graph_entry, sha256, write_manifest
+from wn_export.contract.lock import export_lock, remove_debris, staging_directory
+from wn_export.contract.manifest import FILENAME, build_manifest, graph_entry, sha256, write_manifest
 from wn_export.contract.specs import LAYOUTS, graph_name
 from wn_export.errors import ExportError
 from wn_export.export.hygiene import check_graph
@@ -134,9 +138,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     if layout not in LAYOUTS:
         raise ExportError(f"unknown state layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory")
     checkpoint = Path(checkpoint or demo_checkpoint())
+    check_output(out_dir, [checkpoint], directory=True)
     model = load_checkpoint(checkpoint, torch.float32)
     if fused_step:
         from wn_export.export.fused import check_fusable
@@ -149,8 +152,19 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
         jobs.append(("upsample", FP32, None))
     if fused_step:
         jobs += [("step", p, "fused") for p in ((FP32, FP16) if fp16 else (FP32,))]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    for file in [f"{graph_name(kind, precision.name, variant)}.onnx" for kind, precision, variant in jobs] + [FILENAME]:
+        check_output(out_dir / file, [checkpoint])
+    for precision in {precision for _, precision, _ in jobs}:
+        precision.apply(model)  # every weight finite in every precision, before any graph is exported
+    with export_lock(out_dir, notice=progress, create=True):
+        remove_debris(out_dir)
+        return _export_jobs(model, checkpoint, out_dir, jobs, opset, layout, progress)
+
+
+def _export_jobs(model: WaveNet, checkpoint: Path, out_dir: Path, jobs: list, opset: int, layout: str,
+                 progress: Callable[[str], None] | None) -> dict:
+    """Export into a staging directory beside `out_dir`, then move the files in (manifest last)."""
+    staging = staging_directory(out_dir)
     try:
         graphs = {}
         for i, (kind, precision, variant) in enumerate(jobs, 1):
@@ -168,7 +182,6 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
         manifest["opset"] = opset
         manifest["source"] = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256(checkpoint)}
         write_manifest(staging, manifest)
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new graphs
         for entry in graphs.values():
             (staging / entry["file"]).replace(out_dir / entry["file"])

@@ -44,8 +44,13 @@ class Precision:
         return numpy_name(self.compute)
 
     def apply(self, model: WaveNet) -> WaveNet:
-        """A copy of the model with its weights in the compute dtype."""
-        return copy.deepcopy(model).to(self.compute).eval()
+        """A copy of the model with its weights in the compute dtype; every weight must stay finite."""
+        cast = copy.deepcopy(model).to(self.compute).eval()
+        bad = [k for k, v in cast.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ExportError(f"{', '.join(bad[:4])} not finite in {self.name} (a weight beyond the dtype's range, "
+                              f"±{torch.finfo(self.compute).max:.4g}): this model cannot be exported in {self.name}")
+        return cast
 
 
 FP32 = Precision("fp32", torch.float32)

@@ -21,12 +21,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from reference_model.limits import check, limit
 from reference_model.mulaw import mulaw_decode
 from wn_export.backends import get_backend, open_step
 from wn_export.contract.manifest import Manifest, read_manifest
@@ -58,6 +60,8 @@ class Generator:
         """`threads`, `fused`: the ONNX Runtime step runner's options; `checkpoint`: the torch reference's
         (default: the one the manifest records)."""
         spec = get_backend(backend)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+            raise InputError(f"threads must be an integer in [1, 1024] (got {threads!r:.40})")
         if precision not in PRECISION_NAMES:
             raise InputError(f"unknown precision {precision!r} (choose from {', '.join(PRECISION_NAMES)})")
         self.manifest: Manifest = read_manifest(directory)
@@ -124,6 +128,9 @@ class Generator:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
             raise InputError(f"seed must be an integer in [0, 2^64) (got {seed!r})")
         Sampler(1, 2, method, temperature)  # validates method and temperature
+        check("batch", batch, "batch (streams generated together)")
+        check("memory_bytes", batch * (n * self.bytes_per_sample + self.cfg.state_bytes),
+              f"the memory of {n:,} samples × {batch} stream(s)")
         limit = self.max_batch
         if limit is not None and batch > limit:
             raise InputError(f"batch {batch} is larger than the TensorRT engine's profile allows ({limit}); "
@@ -131,6 +138,12 @@ class Generator:
         cond = self._conditioning(features, batch, n)
         spk = self._speaker(speaker, batch)
         return Request(n, batch, int(seed), method, float(temperature), cond, spk, chunk)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """Host bytes one generated sample of one stream takes: the token (int64), its audio (float32 and
+        the WAV's float64 and int16 copies), its per-sample conditioning (float32)."""
+        return 8 + 4 + 8 + 2 + 4 * self.cfg.local_channels
 
     def _conditioning(self, features, batch: int, n: int) -> np.ndarray | None:
         cfg = self.cfg
@@ -235,28 +248,32 @@ def generate_to_wav(directory, output: Path, n: int, *, backend: str = "onnxrunt
                     notice: Callable[[str], None] | None = None, **options) -> list[Path]:
     """`wn-export generate`: generate and write one WAV per stream (OUT for one stream, OUT-stem.i.wav
     for more), plus OUT.png (waveform and spectrogram) with `plot`. Returns the written paths."""
+    from reference_model.files import check_output
+    from wn_export.contract.manifest import export_files
     from wn_export.generation.audio import write_wav
 
     output = Path(output)
     if output.suffix.lower() != ".wav":
         raise InputError(f"output must be a .wav file (got {output})")
-    if output.exists() and output.is_dir():
-        raise InputError(f"{output} is a directory")
-    with Generator(directory, backend, precision=precision, threads=threads) as gen:
+    paths = wav_paths(output, batch) if isinstance(batch, int) and 1 <= batch <= limit("batch") else [output]
+    png = output.with_suffix(".png")
+    inputs = export_files(directory)
+    for path in [*paths, png] if plot else paths:  # every check before any work: the outputs, the options
+        check_output(path, inputs)
+    gen = Generator(directory, backend, precision=precision, threads=threads)
+    req = gen.request(n, batch, **options)
+    with gen:
         if notice:
             notice(gen.setup)
-        req = gen.request(n, batch, **options)
         tokens = np.concatenate(list(gen.stream(n, batch, request=req, progress=progress)), axis=1)
         audio = gen.decode(tokens)
         rate = gen.sample_rate
-    paths = [output] if batch == 1 else [output.with_name(f"{output.stem}.{i}.wav") for i in range(batch)]
     for path, wave in zip(paths, audio):
         write_wav(path, wave, rate)
     written = list(paths)
     if plot:
         from wn_export.generation.plot import plot_audio
 
-        png = output.with_suffix(".png")
         plot_audio(png, audio, rate, title=f"{Path(directory).name}: {n} samples, {backend}, seed "
                                            f"{req.seed}, {req.method}" + (f" T={req.temperature:g}"
                                                                           if req.method == "sample" else ""))
@@ -266,17 +283,56 @@ def generate_to_wav(directory, output: Path, n: int, *, backend: str = "onnxrunt
 
 
 
+def wav_paths(output: Path, batch: int) -> list[Path]:
+    """OUT for one stream, OUT-stem.i.wav for stream i of several."""
+    return [output] if batch == 1 else [output.with_name(f"{output.stem}.{i}.wav") for i in range(batch)]
+
+
 def load_features(path) -> np.ndarray | None:
-    """A .npy file of frame-rate conditioning features → float32 array (None → None)."""
+    """A .npy file of frame-rate conditioning features → float32 array (None → None).
+
+    The header is read first and its size checked against the file and `WN_EXPORT_MAX_MEMORY_BYTES`
+    before any data is read; the data are then read in one bounded read (no pickles, no .npz)."""
     if path is None:
         return None
+    from numpy.lib import format as npf
+
+    from reference_model.files import regular_file
+
+    path = regular_file(path, "conditioning features")
     try:
-        data = np.load(Path(path), allow_pickle=False)
+        with open(path, "rb") as f:
+            if f.read(6) != npf.MAGIC_PREFIX:
+                raise InputError(f"conditioning features {path} are not a .npy file (save them with numpy.save; "
+                                 ".npz archives are not read)")
+            f.seek(0)
+            version = npf.read_magic(f)
+            shape, fortran, dtype = (npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0)(f)
+            data = _read_npy_data(f, path, shape, fortran, dtype)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read conditioning features {path}: {e}") from None
-    if not np.issubdtype(data.dtype, np.number):
-        raise InputError(f"{path}: conditioning features must be numeric (got {data.dtype})")
-    return data.astype(np.float32)
+        raise InputError(f"cannot read conditioning features {path}: {str(e)[:200]}") from None
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = data.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InputError(f"{path}: conditioning features contain NaN or infinity (in the file, or once cast "
+                         "to float32)")
+    return out
+
+
+def _read_npy_data(f, path, shape: tuple, fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The array data after a .npy header: numeric only, size checked before it is read."""
+    if dtype.hasobject or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{path}: conditioning features must be integers or floats (got {dtype}; object "
+                         "arrays are not read)")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    check("memory_bytes", count * (dtype.itemsize + 4), f"conditioning features {path} ({nbytes:,} bytes)")
+    raw = f.read(nbytes)
+    data = np.frombuffer(raw[:len(raw) - len(raw) % dtype.itemsize], dtype=dtype)
+    if data.size != count:
+        raise InputError(f"{path} is truncated: its header promises {nbytes:,} bytes of data, the file holds "
+                         f"{data.size * dtype.itemsize:,}")
+    return data.reshape(shape, order="F" if fortran else "C")
 
 
 def parse_speakers(text: str | None):
@@ -290,4 +346,5 @@ def parse_speakers(text: str | None):
     return ids[0] if len(ids) == 1 else ids
 
 
-__all__ = ["Generator", "Request", "open_generator", "generate_to_wav", "load_features", "parse_speakers"]
+__all__ = ["Generator", "Request", "open_generator", "generate_to_wav", "load_features", "parse_speakers",
+           "wav_paths"]

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from reference_model.sampling import METHODS
+from reference_model.sampling import METHODS, check_temperature
 from wn_export.errors import InputError
 
 _max, _accumulate = np.maximum.reduce, np.add.accumulate
@@ -23,9 +23,8 @@ class Sampler:
         operations); None = when the native library is available, False = NumPy only."""
         if method not in METHODS:
             raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
-        if method == "sample" and not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise InputError(f"temperature must be > 0 (got {temperature}); use greedy sampling instead")
-        self.method, self.temperature, self.classes = method, float(temperature), classes
+        temperature = check_temperature(method, temperature)
+        self.method, self.temperature, self.classes = method, temperature, classes
         self.tokens = np.zeros(batch, dtype=np.int64)
         if method == "sample":
             self.z = np.empty((batch, classes), dtype=np.float64)

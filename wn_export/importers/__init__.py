@@ -8,10 +8,10 @@ importer reads the other implementation's checkpoint, folds what our model does 
 the setting.
 """
 
-from wn_export.importers.common import ImportError_, check_output, fold_weight_norm, load_torch_state_dict
+from wn_export.importers.common import ImportError_, fold_weight_norm, load_torch_state_dict
 from wn_export.importers.ibab import import_ibab
 from wn_export.importers.keras import import_keras
 from wn_export.importers.r9y9 import R9Y9_DEFAULTS, import_r9y9
 
-__all__ = ["ImportError_", "check_output", "fold_weight_norm", "load_torch_state_dict", "import_r9y9",
+__all__ = ["ImportError_", "fold_weight_norm", "load_torch_state_dict", "import_r9y9",
            "R9Y9_DEFAULTS", "import_ibab", "import_keras"]

@@ -70,13 +70,3 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[base + ".weight"] = (g * v / norm).to(state[vk].dtype)
         del out[gk], out[vk]
     return out
-
-
-def check_output(output, inputs) -> None:
-    """Refuse an output path that is one of the import's inputs: an import never overwrites what it reads.
-    `inputs`: paths, None for an absent optional input."""
-    output = Path(output)
-    target = output.resolve()
-    for path in inputs:
-        if path is not None and Path(path).exists() and Path(path).resolve() == target:
-            raise ImportError_(f"output {output} is an input of the import ({path}); choose another output path")

@@ -49,18 +49,50 @@ _FIXED = {"first_conv.weight", "first_conv.bias", "last_conv_layers.1.weight", "
           "last_conv_layers.3.weight", "last_conv_layers.3.bias", "embed_speakers.weight"}
 
 
+# the hparams the importer reads, by JSON type (None is always allowed: "not set")
+_HPARAM_TYPES = {
+    **dict.fromkeys(("stacks", "layers", "residual_channels", "gate_channels", "skip_out_channels", "kernel_size",
+                     "out_channels", "cin_channels", "gin_channels", "n_speakers", "freq_axis_kernel_size",
+                     "hop_size", "quantize_channels", "sample_rate", "cin_pad"), "integer"),
+    **dict.fromkeys(("legacy", "upsample_conditional_features", "use_speaker_embedding"), "boolean"),
+    **dict.fromkeys(("builder", "input_type", "output_distribution"), "string"),
+    "log_scale_min": "number", "upsample_scales": "list of integers",
+}
+MAX_HPARAMS_BYTES = 1 << 20
+
+
 def read_hparams(path) -> dict[str, Any]:
     """Their preset / hparams as JSON (the `presets/*.json` format: a flat object)."""
+    from reference_model.files import read_regular
+
     path = Path(path)
+    data = read_regular(path, MAX_HPARAMS_BYTES, "hparams", ImportError_)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ImportError_(f"cannot read hparams {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ImportError_(f"hparams {path} is not JSON (expected a wavenet_vocoder preset .json): {e}") from None
+        data = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ImportError_(f"hparams {path} is not JSON (expected a wavenet_vocoder preset .json): "
+                           f"{str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise ImportError_(f"hparams {path} must be a JSON object of hparam names and values")
     return data
+
+
+def check_hparams(hp: dict) -> None:
+    """Every hparam the importer reads has its JSON type (an `ImportError_` naming the first that has not)."""
+    def fits(value, kind: str) -> bool:
+        if kind == "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if kind == "number":
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if kind == "boolean":
+            return isinstance(value, bool)
+        if kind == "string":
+            return isinstance(value, str)
+        return isinstance(value, list) and all(fits(v, "integer") for v in value)
+
+    for name, kind in _HPARAM_TYPES.items():
+        if hp.get(name) is not None and not fits(hp[name], kind):
+            raise ImportError_(f"hparams {name}={hp[name]!r:.40} must be a {kind}")
 
 
 def _unsupported_keys(keys: list[str]) -> str:
@@ -74,8 +106,12 @@ def _unsupported_keys(keys: list[str]) -> str:
 def import_r9y9(checkpoint, hparams: dict | str | Path | None = None,
                 stacks: int | None = None) -> tuple[WaveNet, list[str]]:
     """Read a wavenet_vocoder checkpoint → (float32 eval `WaveNet`, notes on every assumed setting)."""
+    values = dict(read_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or {}))
+    check_hparams(values)
+    if stacks is not None and (isinstance(stacks, bool) or not isinstance(stacks, int)):
+        raise ImportError_(f"stacks must be an integer (got {stacks!r:.40})")
     state = fold_weight_norm(load_torch_state_dict(checkpoint))
-    hp = _Hparams(read_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or {}))
+    hp = _Hparams(values)
     _refuse_unsupported(hp.values, state)
     arch = _read_architecture(state)
     ups = _read_upsampling(state, arch.cin)
@@ -398,5 +434,10 @@ def _load(cfg: WaveNetConfig, mapped: dict[str, torch.Tensor]) -> WaveNet:
                                        + [f"unexpected {', '.join(extra[:4])}"] * bool(extra)))
     if not all(torch.isfinite(v).all() for v in mapped.values()):
         raise ImportError_("the checkpoint contains NaN or Inf weights")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()})
+    mapped = {k: v.to(torch.float32) for k, v in mapped.items()}
+    beyond = sorted(k for k, v in mapped.items() if not torch.isfinite(v).all())
+    if beyond:
+        raise ImportError_(f"weights beyond float32's range (±3.4e38) in {', '.join(beyond[:4])}: they are not "
+                           "finite once cast to float32")
+    model.load_state_dict(mapped)
     return model.eval()

@@ -7,6 +7,7 @@ Compare the right way: the reference is float64; logits are judged by max abs, r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -39,28 +40,72 @@ TOLERANCES = {
 MOL_GENERATION_ATOL = 1e-4  # |Δ sample| within which two generated mixture-of-logistics samples agree
 
 
+class MetricStream:
+    """The logit (or raw-parameter) and log-likelihood figures of a sequence fed piece by piece, equal to
+    computing them over the whole sequence at once; rows are processed in blocks, so memory stays bounded
+    whatever the length. `logit_metrics`, `param_metrics` and `log_prob_metrics` are one-piece streams."""
+
+    BLOCK = 4096  # rows per block of float64 temporaries
+
+    def __init__(self, kind: Callable | str = "logits"):
+        self.distribution = kind not in ("params", param_metrics)
+        self.max_abs, self.d2, self.r2, self.kl_sum, self.kl_max, self.top1, self.rows = 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
+        self.ll_abs, self.ll_sum, self.ll_ref, self.ll_n = 0.0, 0.0, 0.0, 0
+
+    def add(self, test: np.ndarray, ref: np.ndarray) -> None:
+        """test, ref (…, O): graph and reference outputs of the same positions."""
+        t_all, r_all = test.reshape(-1, test.shape[-1]), ref.reshape(-1, ref.shape[-1])
+        for i in range(0, t_all.shape[0], self.BLOCK):
+            t, r = t_all[i:i + self.BLOCK].astype(np.float64), r_all[i:i + self.BLOCK].astype(np.float64)
+            d = t - r
+            self.max_abs = max(self.max_abs, float(np.abs(d).max(initial=0.0)))
+            self.d2 += float(np.einsum("ij,ij->", d, d))
+            self.r2 += float(np.einsum("ij,ij->", r, r))
+            self.rows += t.shape[0]
+            if self.distribution:
+                lr, lt = _log_softmax(r), _log_softmax(t)
+                kl = (np.exp(lr) * (lr - lt)).sum(-1)  # KL(reference ‖ graph) per position
+                self.kl_sum += float(kl.sum())
+                self.kl_max = max(self.kl_max, float(kl.max(initial=0.0)))
+                self.top1 += int((t.argmax(-1) == r.argmax(-1)).sum())
+
+    def add_log_prob(self, test: np.ndarray, ref: np.ndarray) -> None:
+        d = test.astype(np.float64) - ref
+        self.ll_abs += float(np.abs(d).sum())
+        self.ll_sum += float(d.sum())
+        self.ll_ref += float(np.asarray(ref, dtype=np.float64).sum())
+        self.ll_n += d.size
+
+    def result(self) -> dict[str, float]:
+        out = {}
+        if self.rows:
+            out = {"max_abs": self.max_abs, "rel_l2": float(np.sqrt(self.d2) / max(np.sqrt(self.r2), 1e-30))}
+            if self.distribution:
+                out |= {"kl_mean": self.kl_sum / self.rows, "kl_max": self.kl_max, "top1": self.top1 / self.rows}
+        if self.ll_n:
+            out |= {"ll_diff": self.ll_abs / self.ll_n, "ll_total_diff": self.ll_sum / self.ll_n,
+                    "ll_ref": self.ll_ref / self.ll_n}
+        return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
+
+
 def logit_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """test, ref (…, Q) → max abs, rel L2, KL mean/max, top-1 agreement (reference in float64)."""
-    t, r = test.astype(np.float64).reshape(-1, test.shape[-1]), ref.astype(np.float64).reshape(-1, ref.shape[-1])
-    lr = r - r.max(-1, keepdims=True)
-    lr -= np.log(np.exp(lr).sum(-1, keepdims=True))
-    lt = t - t.max(-1, keepdims=True)
-    lt -= np.log(np.exp(lt).sum(-1, keepdims=True))
-    kl = (np.exp(lr) * (lr - lt)).sum(-1)
-    return {"max_abs": float(np.abs(t - r).max()),
-            "rel_l2": float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-30)),
-            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-            "top1": float((t.argmax(-1) == r.argmax(-1)).mean())}
-
-
-MOL_GENERATION_ATOL = 1e-4  # |Δ sample| within which two generated mixture-of-logistics samples agree
+    stream = MetricStream("logits")
+    stream.add(test, ref)
+    return stream.result()
 
 
 def param_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Raw mixture-of-logistics parameters: max abs and relative L2 error (no distribution metrics)."""
-    t, r = test.astype(np.float64), ref.astype(np.float64)
-    return {"max_abs": float(np.abs(t - r).max()),
-            "rel_l2": float(np.linalg.norm(t - r) / max(np.linalg.norm(r), 1e-30))}
+    stream = MetricStream("params")
+    stream.add(test, ref)
+    return stream.result()
 
 
 def model_inputs(cfg, tokens: np.ndarray) -> np.ndarray:
@@ -75,9 +120,10 @@ def model_inputs(cfg, tokens: np.ndarray) -> np.ndarray:
 
 
 def log_prob_metrics(test: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    d = test.astype(np.float64) - ref
-    return {"ll_diff": float(np.abs(d).mean()), "ll_total_diff": float(d.sum() / max(d.size, 1)),
-            "ll_ref": float(ref.mean())}
+    """Mean |Δ log p| of the next sample (nats), the mean signed difference and the reference's mean."""
+    stream = MetricStream()
+    stream.add_log_prob(test, ref)
+    return stream.result()
 
 
 @dataclass

@@ -30,12 +30,15 @@ def import_ort():
 
 
 def make_session(graph: GraphRecord, threads: int | None = None, spinning: bool | None = None,
-                 model: bytes | None = None, custom_ops: str | None = None):
+                 model: bytes | None = None, custom_ops: str | None = None, mem_pattern: bool = True):
     """A CPU session: `threads` intra-op threads (default min(2, cores)); `spinning` sets whether idle
     pool threads spin (ORT's default: yes) — only meaningful with more than one thread. `model` (bytes)
-    replaces the graph file (a session-time rewrite of it), `custom_ops` is an op library to register."""
+    replaces the graph file (a session-time rewrite of it), `custom_ops` is an op library to register.
+    `mem_pattern` False: no preplanned block of every intermediate (the scoring graph's intermediates
+    grow with the sequence; planning them in one block doubled a run's peak memory, at no measured speed)."""
     ort = import_ort()
     opts = ort.SessionOptions()
+    opts.enable_mem_pattern = mem_pattern
     if custom_ops:
         opts.register_custom_ops_library(str(custom_ops))
     opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
@@ -80,7 +83,7 @@ class OrtScoringRunner(ScoringRunner):
         self.session = None
 
     def activate(self):
-        self.session = make_session(self.graph, self.threads)
+        self.session = make_session(self.graph, self.threads, mem_pattern=False)
 
     def deactivate(self):
         self.session = None

@@ -99,6 +99,17 @@ def _io(name: str, dtype: Any, shape: Any, mode: str) -> dict[str, Any]:
             "shape": [int(d) for d in shape], "mode": mode}
 
 
+def check_build_options(backend: str = "auto", compute_capability: str | None = None) -> str:
+    """The flavour a build with these options would use; raises what the build would, before any work."""
+    trt, flavour = load_trt(backend)
+    if compute_capability:
+        if flavour != "tensorrt-rtx":
+            raise BackendError("compute_capability is a TensorRT-RTX option (use backend='tensorrt-rtx'); "
+                               "datacenter TensorRT builds for the GPU it runs on")
+        _compute_capabilities(trt, compute_capability)
+    return flavour
+
+
 def _compute_capabilities(trt: Any, spec: str) -> list[Any]:
     """Parse "8.6", "86", "sm86" or "sm_86" (comma-separated for several) to ComputeCapability members."""
     out = []
