@@ -288,10 +288,6 @@ def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="WAV file to write (μ-law decoded, 16-bit); batch > 1 writes OUT-STEM.I.wav per stream.")
 @click.option("--backend", default="onnxruntime", show_default=True, help=" | ".join(BACKENDS) + ".")
-@click.option("--batch", default=1, show_default=True, help="Streams generated together.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling uniforms (SplitMix64).")
-
-@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime | torch | tensorrt.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Streams generated together.")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling uniforms (SplitMix64).")
 @click.option("--method", default="sample", show_default=True, help="sample | greedy.")
