@@ -245,7 +245,7 @@ def test_cli_refuses_without_params_and_never_overwrites_an_input(tmp_path):
     for target in ("model.ckpt-7.index", "model.ckpt-7.data-00000-of-00001", "wavenet_params.json"):
         r = CliRunner().invoke(main, ["import", "ibab", str(d), "--params", str(d / "wavenet_params.json"),
                                       "-o", str(d / target)])
-        assert r.exit_code != 0 and "is an input of the import" in r.output and "Traceback" not in r.output
+        assert r.exit_code != 0 and "is also an input of this command" in r.output and "Traceback" not in r.output
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
     (tmp_path / "empty").mkdir()
     for checkpoint, message in ((tmp_path / "empty", "without a 'checkpoint' file"),

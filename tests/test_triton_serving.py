@@ -428,7 +428,7 @@ def test_service_rejects_malformed_inputs_with_one_message(exports):
              ({**good, "speaker": np.array([3])}, "speaker ids must lie in [0, 2]"),
              ({**good, "speaker": None}, "needs a speaker id"),
              ({**good, "method": np.array([b"beam"], dtype=object)}, "unknown sampling method 'beam'"),
-             ({**good, "temperature": np.array([0.0])}, "temperature must be > 0"),
+             ({**good, "temperature": np.array([0.0])}, "temperature must be a finite number >= 1e-06"),
              ({**good, "conditioning": np.zeros((2, 100), np.float32)}, "must hold (3, frames) features"),
              ({**good, "conditioning": np.zeros(301, np.float32)}, "must hold (3, frames) features"),
              ({**good, "conditioning": np.zeros((3, 100))}, "has dtype float64, expected float32"),
@@ -578,7 +578,7 @@ def test_malformed_requests_get_an_error_and_never_hang(server):
     for url in (server.grpc_url, server.http_url):
         assert "samples must lie in [1, 9,600,000]" in error(url, samples=10**8)
         assert "unknown sampling method 'beam'" in error(url, method="beam")
-        assert "temperature must be > 0" in error(url, temperature=-1.0)
+        assert "temperature must be a finite number >= 1e-06" in error(url, temperature=-1.0)
         assert "speaker ids must lie in [0, 2]" in error(url, "cond_generate", speaker=7,
                                                          conditioning=np.zeros((3, 25), np.float32))
         assert "needs a speaker id" in error(url, "cond_generate", conditioning=np.zeros((3, 25), np.float32))

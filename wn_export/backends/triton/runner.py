@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from reference_model import WaveNet
-from reference_model.sampling import METHODS, uniforms
+from reference_model.sampling import METHODS, check_temperature, uniforms
 from wn_export.backends.base import StepRunner
 from wn_export.backends.triton.layout import PRECISIONS, KernelLayout, check_supported
 from wn_export.errors import BackendError, InputError
@@ -123,8 +123,7 @@ class TritonStepRunner(StepRunner):
                              f"steps_per_launch={steps_per_launch})")
         if method not in METHODS:
             raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
-        if not temperature > 0:
-            raise InputError(f"temperature must be > 0 (got {temperature}); use greedy sampling instead")
+        temperature = check_temperature(method, temperature)  # the one rule for every host
         if cond is not None and (np.ndim(cond) != 3 or cond.shape[0] != batch or cond.shape[2] < n):
             raise InputError(f"conditioning must be (batch={batch}, channels, ≥ {n} samples), got {np.shape(cond)}")
         self.reset(batch, speaker)
