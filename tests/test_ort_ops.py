@@ -312,7 +312,7 @@ def test_a_failing_compile_names_the_error_and_leaves_no_library(fresh_build, mo
     plugins = fresh_build / "plugins" / "ort"
     (plugins / "third_party" / "onnxruntime").mkdir(parents=True)
     src = ort_ops.plugin_dir()
-    for name in ort_ops.SOURCES:
+    for name in (*ort_ops.SOURCES, *ort_ops.HEADERS):
         (plugins / name).write_text((src / name).read_text())
     header = "third_party/onnxruntime/onnxruntime_c_api.h"
     (plugins / header).write_text((src / header).read_text())

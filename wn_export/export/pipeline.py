@@ -23,7 +23,7 @@ from wn_export.contract.specs import LAYOUTS
 from wn_export.errors import ExportError
 from wn_export.export.hygiene import check_graph
 from wn_export.export.lowering import lower_pass
-from wn_export.export.precision import FP16, FP32
+from wn_export.export.precision import FP16, FP32, W16, weights16_pass
 from wn_export.export.wrappers import build_graph, example_inputs
 
 DEFAULT_OPSET = 17
@@ -108,10 +108,10 @@ def _check_io(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
 
 # The passes every traced graph goes through, in order: `pass(graph, wrapper) → graph`. Hygiene
 # (`hygiene.check_graph`) then proves the result before it is written.
-PASSES = (_alias_duplicate_initializers, lower_pass, _name, _check_io, _stamp_shapes)
+PASSES = (_alias_duplicate_initializers, lower_pass, weights16_pass, _name, _check_io, _stamp_shapes)
 
 
-def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False,
+def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False, w16: bool = False,
                      opset: int = DEFAULT_OPSET, layout: str = "ring",
                      progress: Callable[[str], None] | None = None) -> dict:
     """Export every graph of a checkpoint into `out_dir`; returns the manifest dict."""
@@ -129,6 +129,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     jobs = [("scoring", FP32), ("step", FP32)]
     if fp16:
         jobs += [("scoring", FP16), ("step", FP16)]
+    if w16:  # fp32 compute, 16-bit weights: a step-graph precision (the weight stream of generation)
+        jobs.append(("step", W16))
     if model.cfg.local:
         jobs.append(("upsample", FP32))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

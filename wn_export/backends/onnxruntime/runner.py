@@ -134,11 +134,14 @@ class OrtStepRunner(StepRunner):
     TABLE_LIMIT = 1 << 20  # ring index table entries (positions × layers) precomputed at most
 
     def __init__(self, manifest: Manifest, graph: str = "step", threads: int | None = None,
-                 spinning: bool | None = None, fused: bool | None = None):
+                 spinning: bool | None = None, fused: bool | None = None, native_loop: bool | None = None):
         self.graph = manifest.graph(graph)
         self.threads = threads
         self.spinning = spinning
         self.fused = fused
+        self.native_loop = native_loop  # None: when the fused graph has one; False: never (per-step ONNX Runtime)
+        self.loop = None  # the native loop's plan (`native_loop.LoopPlan`), when fused and matched
+        self.no_loop = ""
         self.session = None
         self.sessions: dict[int, object] = {}
         self.batch = 0
@@ -157,25 +160,39 @@ class OrtStepRunner(StepRunner):
         return self._fusion is not None
 
     def _fuse(self):
-        """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why)."""
+        """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why).
+        Also plans the native loop (`self.loop`, or None and `self.no_loop` says why)."""
         import onnx
 
-        from wn_export.backends.onnxruntime.fusion import try_fuse
+        from wn_export.backends.onnxruntime import policy
+        from wn_export.backends.onnxruntime.fusion import fuse
         from wn_export.backends.onnxruntime.native import available
+        from wn_export.export.graph_match import NoMatch
 
-        fused, why = try_fuse(onnx.load(str(self.graph.path)))
-        lib = None
-        if fused is None:
-            why = (f"{self.graph.path.name} has no fusable layer chain (lowered FP32 step graphs with the ring "
-                   f"state layout have one; here: {why})")
-        else:
+        lib, why, fused = None, "", None
+        try:
+            fused, chain = fuse(onnx.load(str(self.graph.path)))
+        except NoMatch as e:
+            why = (f"{self.graph.path.name} has no fusable layer chain (lowered FP32 or w16 step graphs with the ring "
+                   f"state layout have one; here: {e})")
+        if fused is not None:
             lib, why = available()
         if lib is None:
             if self.fused:
                 raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
             self.unfused = why
             return None
-        self.setup = "fused layer chain and head (wn_ort_ops, helper thread at batch ≤ 16)"
+        if self.native_loop is not False:
+            from wn_export.backends.onnxruntime.native_loop import plan_loop
+
+            try:
+                self.loop = plan_loop(fused, chain, self.graph, str(lib))
+            except NoMatch as e:
+                self.no_loop = f"no native loop for this graph ({e})"
+        weights = "16-bit weights" if chain.half else "fp32 weights"
+        self.setup = (f"fused layer chain and head ({weights}), "
+                      + ("native loop" if self.loop is not None else "ONNX Runtime per step"))
+        policy.apply(str(lib))
         return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
@@ -244,6 +261,7 @@ class OrtStepRunner(StepRunner):
                 binding.bind_ortvalue_output(name_out, self._value(dst))
             self.bindings.append(binding)
         self.binding = self.bindings[0]
+        self._gate_base = None if self.loop is None else self.loop.gate_base(self.batch, speaker)
         # the C++ entry point, without the Python wrapper's frame (private API: fall back if it moves)
         fast = hasattr(self.session, "_sess") and all(hasattr(b, "_iobinding") for b in self.bindings)
         self._run = self.session._sess.run_with_iobinding if fast else None
@@ -267,6 +285,19 @@ class OrtStepRunner(StepRunner):
         self.position = position + 1
         return self.logits
 
+    def generate_block(self, first, out, u=None, temperature=1.0, cond=None, step_ns=None) -> bool:
+        """len(out) steps in one native call (the fused graph's native loop: no Python per sample) → True, or
+        False when this runner has none (see `StepRunner.generate_block`)."""
+        if self.loop is None or len(self.rings) != 1 or out.ndim != 2 or out.shape[1] != self.batch:
+            return False
+        from wn_export.backends.onnxruntime import policy
+
+        self.loop.run(state=self.rings[0].array, position=self.position, first=np.ascontiguousarray(first, np.int64),
+                      out=out, gate_base=self._gate_base, u=u, temperature=temperature, cond=cond, logits=self.logits,
+                      split=policy.split(self.batch), step_ns=step_ns)
+        self.position += out.shape[0]
+        return True
+
 
 class _Ring:
     """Writes a step's update rows (batch, L, R) into a packed ring state (batch, ΣN, R).
@@ -279,6 +310,7 @@ class _Ring:
 
     def __init__(self, state: np.ndarray, update: np.ndarray, rings: tuple[tuple[int, int], ...], table_limit: int):
         B, N, R = state.shape
+        self.array = state  # (B, ΣN, R)
         row = np.dtype((np.void, R * state.itemsize))
         self.state = state.reshape(B * N, R).view(row).reshape(B * N)
         self.update = update.reshape(-1, R).view(row).reshape(-1)

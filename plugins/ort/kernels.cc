@@ -1,0 +1,553 @@
+// The compute kernels of libwn_ort_ops: packed-panel GEMMs over float32 or fp16 weights, the gate, the
+// helper thread, and the layer chain and head that the ONNX Runtime ops and the native loop both run.
+// Contract: plugins/ort/README.md.
+#include "kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace wn {
+namespace {
+
+// ---- vectors -----------------------------------------------------------------------------------------
+// VW floats per vector: 16 with AVX-512 (one vector per panel row), else 8. fp16 weights are converted as
+// they are loaded (F16C's vcvtph2ps), exactly: every fp16 value is a float32 value.
+#if defined(__AVX512F__)
+constexpr int VW = 16;
+typedef float vf __attribute__((vector_size(64)));
+inline vf load_half(const uint16_t* p) {
+  return reinterpret_cast<vf>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
+#define WN_VREG "+v"
+#else
+constexpr int VW = 8;
+typedef float vf __attribute__((vector_size(32)));
+#if defined(__F16C__) && defined(__AVX__)
+inline vf load_half(const uint16_t* p) {
+  return reinterpret_cast<vf>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#define WN_VREG "+x"
+#else
+inline vf load_half(const uint16_t* p) {
+  vf v;
+  for (int i = 0; i < VW; ++i) v[i] = half_to_float(p[i]);
+  return v;
+}
+#endif
+#endif
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vf load(const uint16_t* p) { return load_half(p); }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) {
+  vf v;
+  for (int i = 0; i < VW; ++i) v[i] = x;
+  return v;
+}
+inline float scalar(float w) { return w; }
+inline float scalar(uint16_t w) { return half_to_float(w); }
+
+// ---- GEMM ----------------------------------------------------------------------------------------------
+// C[MR × NV·VW] += A[MR × K] · W[K × columns n … n + NV·VW): MR·NV accumulators in registers. With several
+// rows each weight vector is loaded (and converted) once per k; the empty asm keeps the compiler from
+// re-reading it as a memory operand of every row's FMA.
+template <int MR, int NV, typename T>
+inline void kernel(int64_t K, const float* A, int64_t lda, const T* W, int64_t stride, int64_t n, float* C,
+                   int64_t ldc) {
+  const T* w0[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int64_t c = n + VW * v;
+    w0[v] = W + (c / kPanel) * stride + c % kPanel;
+  }
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(C + r * ldc + n + VW * v);
+  for (int64_t k = 0; k < K; ++k) {
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) {
+      w[v] = load(w0[v] + k * kPanel);
+#ifdef WN_VREG
+      if (MR > 1) asm("" : WN_VREG(w[v]));
+#endif
+    }
+    for (int r = 0; r < MR; ++r) {
+      const vf a = splat(A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + n + VW * v, acc[r][v]);
+}
+
+// Columns [n, N) of MR rows: blocks of NV vectors, then NV/2 …, then one, then a scalar tail.
+template <int MR, int NV, typename T>
+void columns(int64_t K, int64_t n, int64_t N, const float* A, int64_t lda, const T* W, int64_t stride, float* C,
+             int64_t ldc) {
+  for (; n + NV * VW <= N; n += NV * VW) kernel<MR, NV>(K, A, lda, W, stride, n, C, ldc);
+  if constexpr (NV > 1) {
+    columns<MR, NV / 2>(K, n, N, A, lda, W, stride, C, ldc);
+  } else {
+    for (; n < N; ++n) {
+      const T* w = W + (n / kPanel) * stride + n % kPanel;
+      for (int r = 0; r < MR; ++r) {
+        float s = C[r * ldc + n];
+        for (int64_t k = 0; k < K; ++k) s += A[r * lda + k] * scalar(w[k * kPanel]);  // contracted to an FMA, as the vectors
+        C[r * ldc + n] = s;
+      }
+    }
+  }
+}
+
+// Up to 11 rows over columns [n, N), as many accumulators as the registers hold (one row needs 8
+// independent ones to hide the FMA latency).
+template <typename T>
+void few_rows(int MR, int64_t K, int64_t n, int64_t N, const float* A, int64_t lda, const T* W, int64_t stride,
+              float* C, int64_t ldc) {
+#if defined(__AVX512F__)  // 32 vector registers
+  switch (MR) {
+    case 1: return columns<1, 8>(K, n, N, A, lda, W, stride, C, ldc);
+    case 2: return columns<2, 8>(K, n, N, A, lda, W, stride, C, ldc);
+    case 3: return columns<3, 4>(K, n, N, A, lda, W, stride, C, ldc);
+    case 4: return columns<4, 4>(K, n, N, A, lda, W, stride, C, ldc);
+    case 5: return columns<5, 4>(K, n, N, A, lda, W, stride, C, ldc);
+    case 6: return columns<6, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 7: return columns<7, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 8: return columns<8, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 9: return columns<9, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 10: return columns<10, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 11: return columns<11, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    default: return;
+  }
+#else  // 16
+  switch (MR) {
+    case 1: return columns<1, 8>(K, n, N, A, lda, W, stride, C, ldc);
+    case 2: return columns<2, 4>(K, n, N, A, lda, W, stride, C, ldc);
+    case 3: return columns<3, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 4: return columns<4, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 5: return columns<5, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    default: return;
+  }
+#endif
+}
+
+#if defined(__AVX512F__)
+constexpr int kBigRows = 12, kBigVectors = 2;  // 12 × 32 blocks: 24 accumulators
+#else
+constexpr int kBigRows = 6, kBigVectors = 2;  // 6 × 16 blocks: 12 accumulators
+#endif
+constexpr int64_t kStrip = kBigVectors * VW;  // a multiple of the panel width
+
+template <typename T>
+void gemm(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const T* W, int64_t K, int64_t stride,
+          float* C, int64_t ldc) {
+  if (M < kBigRows) return few_rows(static_cast<int>(M), K, n0, N, A, lda, W, stride, C, ldc);
+  // strip by strip, so one K × kStrip block of weights stays in L1 while every row block uses it
+  const int64_t m_big = M / kBigRows * kBigRows;
+  int64_t n = n0;
+  for (; n + kStrip <= N; n += kStrip) {
+    for (int64_t m = 0; m < m_big; m += kBigRows)
+      kernel<kBigRows, kBigVectors>(K, A + m * lda, lda, W, stride, n, C + m * ldc, ldc);
+    if (m_big < M)
+      few_rows(static_cast<int>(M - m_big), K, n, n + kStrip, A + m_big * lda, lda, W, stride, C + m_big * ldc, ldc);
+  }
+  if (n < N)
+    for (int64_t m = 0; m < M; m += kBigRows - 1)
+      few_rows(static_cast<int>(std::min<int64_t>(kBigRows - 1, M - m)), K, n, N, A + m * lda, lda, W, stride,
+               C + m * ldc, ldc);
+}
+
+// ---- activations -----------------------------------------------------------------------------------------
+// tanh: Eigen's / MLAS's rational approximation (odd degree-13 / even degree-6) on a clamped input.
+template <typename V>
+inline V tanh_rational(V x, V clamp) {
+  x = x < -clamp ? -clamp : x;
+  x = x > clamp ? clamp : x;
+  const V x2 = x * x;
+  V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+constexpr float kTanhClamp = 7.90531110763549805f;
+
+}  // namespace
+
+float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = man;
+    do {
+      ++e;
+      m <<= 1;
+    } while ((m & 0x400u) == 0);
+    bits = sign | ((112 - e) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C,
+              int64_t ldc) {
+  if (M <= 0 || n0 >= N) return;
+  if (W.half)
+    gemm(M, n0, N, A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C, ldc);
+  else
+    gemm(M, n0, N, A, lda, static_cast<const float*>(W.p), W.K, W.stride, C, ldc);
+}
+
+void gate(int64_t n, const float* a, const float* b, float* h) {
+  int64_t j = 0;
+  const vf clamp = splat(kTanhClamp), half = splat(0.5f);
+  for (; j + VW <= n; j += VW) {
+    const vf t = tanh_rational(load(a + j), clamp);
+    const vf s = half + half * tanh_rational(half * load(b + j), clamp);
+    store(h + j, t * s);
+  }
+  for (; j < n; ++j)
+    h[j] = tanh_rational(a[j], kTanhClamp) * (0.5f + 0.5f * tanh_rational(0.5f * b[j], kTanhClamp));
+}
+
+// ---- the helper thread -------------------------------------------------------------------------------
+// One process-wide helper thread shares a call's work with the calling thread. A job is T tasks, claimed in
+// order through one atomic (job generation, next task) by the helper as they become ready and by the
+// caller for whatever is left once its own part is done. Tasks write disjoint outputs, or (ordered jobs)
+// accumulate into one output in task order: a task starts only once the one before it has finished. Either
+// way the result does not depend on which thread ran which task (bit-identical to one thread).
+// A helper that is descheduled while it holds a task makes the caller wait for it (spinning, then yielding
+// its core, which the helper may be queued on). After such a wait (> kStallNs) the caller works alone for
+// a while: 32 calls after an isolated stall (a helper woken from sleep, a thread just started), doubling on
+// each stall that follows within kCalmCalls helped calls, up to 4,096 calls when the other core stays busy.
+// The helper spins kSpinNs for the next job, then sleeps. `WN_ORT_OPS_THREADS=1` disables it.
+class Helper {
+ public:
+  static constexpr int64_t kSpinNs = 2'000'000;
+  static constexpr int64_t kStallNs = 200'000;
+  static constexpr int64_t kYieldNs = 20'000;
+  static constexpr int kSoloMin = 32, kSoloMax = 4096, kCalmCalls = 1000;
+
+  static Helper& get() {
+    static Helper helper;
+    return helper;
+  }
+
+  // Publishes `job` to the helper → true, or false when the caller must work alone (no helper, disabled,
+  // backing off after a stall, or busy with another caller's job).
+  bool begin(const Job& job) {
+    if (!enabled_.load(std::memory_order_relaxed)) return false;
+    if (solo_.load(std::memory_order_relaxed) > 0) {
+      solo_.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    if (busy_.test_and_set(std::memory_order_acquire)) return false;
+    start();
+    job_ = job;
+    ready_.store(0, std::memory_order_relaxed);
+    finished_.store(0, std::memory_order_relaxed);
+    stalled_ = false;
+    gen_ = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(gen_ << 32);  // publish: generation gen, next task 0 (seq_cst: pairs with the sleep check)
+    if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_one();
+    }
+    return true;
+  }
+
+  void ready(int64_t n) { ready_.store(n, std::memory_order_release); }
+
+  // Runs what the helper has not claimed, waits for the rest, releases the helper.
+  void finish() {
+    const int64_t T = job_.tasks;
+    ready_.store(T, std::memory_order_release);
+    int64_t t;
+    while ((t = claim(gen_)) >= 0) {
+      if (job_.ordered) wait([&] { return finished_.load(std::memory_order_acquire) >= t; });
+      job_.fn(job_.ctx, t);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wait([&] { return finished_.load(std::memory_order_acquire) >= T; });
+    if (stalled_) {  // the helper was descheduled: work alone a while, longer if it keeps happening
+      solo_.store(backoff_, std::memory_order_relaxed);
+      backoff_ = std::min(2 * backoff_, kSoloMax);
+      calm_ = 0;
+    } else if (++calm_ >= kCalmCalls) {
+      backoff_ = kSoloMin;
+    }
+    busy_.clear(std::memory_order_release);
+  }
+
+  ~Helper() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+      cv_.notify_one();
+    }
+    thread_.join();
+  }
+
+  std::atomic<int64_t> helped_{0};  // tasks the helper computed (for tests)
+  std::atomic<bool> enabled_{true};
+
+ private:
+  Helper() {
+    const char* env = std::getenv("WN_ORT_OPS_THREADS");
+    enabled_.store(!(env != nullptr && std::atoi(env) == 1));
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  // Spins until done(), yielding after kYieldNs; a wait over kStallNs counts as a stall.
+  template <typename Done>
+  void wait(Done&& done) {
+    if (done()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned spins = 0; !done(); ++spins) {
+      if ((spins & 255) != 0) {
+        pause();
+        continue;
+      }
+      const int64_t waited =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+      if (waited > kYieldNs) std::this_thread::yield();
+      stalled_ = stalled_ || waited > kStallNs;
+    }
+  }
+
+  void start() {
+    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+  }
+
+  // Claims the next task of job `gen` → its index, or −1 when all are taken (or the job is over).
+  int64_t claim(uint64_t gen) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < job_.tasks) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return static_cast<int64_t>(s & 0xffffffffu);
+    }
+    return -1;
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    auto idle_since = std::chrono::steady_clock::now();
+    for (unsigned spins = 0;; ++spins) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      const uint64_t s = state_.load(std::memory_order_acquire);
+      const uint64_t gen = s >> 32;
+      if (gen != seen) {  // a new job: take tasks as they become ready
+        seen = gen;
+        int64_t t;
+        while ((t = claim(gen)) >= 0) {
+          while (ready_.load(std::memory_order_acquire) <= t) pause();
+          if (job_.ordered)
+            while (finished_.load(std::memory_order_acquire) < t) pause();
+          job_.fn(job_.ctx, t);
+          finished_.fetch_add(1, std::memory_order_acq_rel);
+          helped_.fetch_add(1, std::memory_order_relaxed);
+        }
+        idle_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      pause();
+      if ((spins & 1023) == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - idle_since).count() > kSpinNs) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.store(true);  // seq_cst with the state load below: a job published meanwhile is seen
+        cv_.wait(lock, [&] { return stop_.load() || (state_.load() >> 32) != seen; });
+        sleeping_.store(false);
+        idle_since = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+  std::atomic<int> solo_{0};  // calls left to work alone
+  int backoff_ = kSoloMin, calm_ = 0;  // the next solo stretch; helped calls since the last stall (under busy_)
+  bool stalled_ = false;
+  uint64_t gen_ = 0;
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::atomic<uint64_t> state_{0};  // (generation << 32) | next task to claim
+  std::atomic<int64_t> ready_{0};    // tasks that may start
+  std::atomic<int64_t> finished_{0}; // tasks done
+  std::atomic<bool> stop_{false}, sleeping_{false};
+  Job job_{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+Team::Team(const Job& job, bool help) : job_(job) { helped_ = help && job.tasks > 0 && Helper::get().begin(job); }
+
+void Team::ready(int64_t n) {
+  if (helped_) return Helper::get().ready(n);
+  for (; ran_ < std::min(n, job_.tasks); ++ran_) job_.fn(job_.ctx, ran_);  // alone: run them now, in order
+}
+
+void Team::finish() {
+  if (done_) return;
+  done_ = true;
+  if (helped_)
+    Helper::get().finish();
+  else
+    ready(job_.tasks);
+}
+
+void set_helper(bool on) { Helper::get().enabled_.store(on); }
+bool helper_enabled() { return Helper::get().enabled_.load(); }
+int64_t helped_tasks() { return Helper::get().helped_.load(); }
+
+// ---- the layer chain -----------------------------------------------------------------------------------
+namespace {
+
+struct SkipTask {
+  const LayersArgs* a;
+  int64_t r0, r1;
+};
+
+// skip[r0 … r1) += h_l · W_skip,l (in layer order: an ordered job)
+void skip_layer(const void* ctx, int64_t l) {
+  const SkipTask& t = *static_cast<const SkipTask*>(ctx);
+  const LayersArgs& a = *t.a;
+  gemm_acc(t.r1 - t.r0, 0, a.S, a.H + t.r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S),
+           a.skip + t.r0 * a.S, a.S);
+}
+
+}  // namespace
+
+void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
+  const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P, S = a.S;
+  if (M <= 0) return;
+  const int64_t ldh = L * G, ldx = L * R;
+  float* skip = a.skip + r0 * S;
+  for (int64_t b = 0; b < M; ++b) std::memcpy(skip + b * S, a.b_skip, S * sizeof(float));
+  const SkipTask task{&a, r0, r1};
+  Team team(Job{skip_layer, &task, L, true}, split == kPipeline);
+  float* X = a.X + r0 * ldx;
+  float* H = a.H + r0 * ldh;
+  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
+  const float* taps = a.taps + r0 * L * P;
+  for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
+  for (int64_t l = 0; l < L; ++l) {
+    const float* x = X + l * R;  // x_l rows, stride ldx
+    for (int64_t b = 0; b < M; ++b)
+      std::memcpy(acc + b * G2, a.gate_in + (r0 + b) * a.gate_ld + l * G2, G2 * sizeof(float));
+    const Packed w = a.w_gate.matrix(l, G2);  // [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's
+    if (P > 0) gemm_acc(M, 0, G2, taps + l * P, L * P, w.rows(0, P), acc, G2);
+    gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
+    float* h = H + l * G;
+    for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
+    team.ready(l + 1);
+    if (l + 1 == L) break;
+    std::memset(res, 0, M * R * sizeof(float));
+    gemm_acc(M, 0, R, h, ldh, a.w_out.matrix(l, R), res, R);
+    const float al = a.alpha[l], be = a.beta[l];
+    float* xn = X + (l + 1) * R;
+    for (int64_t b = 0; b < M; ++b)
+      for (int64_t j = 0; j < R; ++j) xn[b * ldx + j] = al * res[b * R + j] + be * x[b * ldx + j];
+  }
+  team.finish();
+  if (a.skip_scale != 1.0f)
+    for (int64_t i = 0; i < M * S; ++i) skip[i] *= a.skip_scale;
+}
+
+// ---- the head -------------------------------------------------------------------------------------------
+namespace {
+
+struct HeadPart {
+  int64_t r0, r1, K, N;
+  const float* A;  // (B, K)
+  Packed W;
+  const float* bias;
+  bool relu;
+  float* C;  // (B, N)
+  static constexpr int64_t kParts = 2;
+};
+
+// Columns of part t (whole panels) of one 1×1: C = [relu](A · W + bias)
+void head_part(const void* ctx, int64_t part) {
+  const HeadPart& t = *static_cast<const HeadPart*>(ctx);
+  const int64_t panels = (t.N + kPanel - 1) / kPanel;
+  const int64_t n0 = std::min(t.N, panels * part / HeadPart::kParts * kPanel);
+  const int64_t n1 = std::min(t.N, panels * (part + 1) / HeadPart::kParts * kPanel);
+  if (n0 >= n1) return;
+  for (int64_t b = t.r0; b < t.r1; ++b) std::memcpy(t.C + b * t.N + n0, t.bias + n0, (n1 - n0) * sizeof(float));
+  gemm_acc(t.r1 - t.r0, n0, n1, t.A + t.r0 * t.K, t.K, t.W, t.C + t.r0 * t.N, t.N);
+  if (t.relu)
+    for (int64_t b = t.r0; b < t.r1; ++b)
+      for (int64_t j = n0; j < n1; ++j) t.C[b * t.N + j] = std::max(t.C[b * t.N + j], 0.f);
+}
+
+}  // namespace
+
+void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  float *t = a.hidden, *h = a.hidden + a.B * a.S;  // relu(skip) (B, S), hidden (B, H)
+  for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) t[i] = std::max(a.skip[i], 0.f);
+  const HeadPart first{r0, r1, a.S, a.H, t, a.w1, a.b1, true, h};
+  const HeadPart second{r0, r1, a.H, a.Q, h, a.w2, a.b2, false, a.out};
+  for (const HeadPart* layer : {&first, &second}) {
+    Team team(Job{head_part, layer, HeadPart::kParts, false}, split == kPipeline);
+    team.finish();
+  }
+}
+
+namespace {
+struct RowsTask {
+  int64_t B;
+  void (*fn)(const void*, int64_t, int64_t);
+  const void* ctx;
+};
+void rows_half(const void* ctx, int64_t half) {
+  const RowsTask& t = *static_cast<const RowsTask*>(ctx);
+  const int64_t mid = (t.B + 1) / 2;
+  if (half == 0)
+    t.fn(t.ctx, 0, mid);
+  else
+    t.fn(t.ctx, mid, t.B);
+}
+}  // namespace
+
+void split_rows(int64_t B, void (*fn)(const void*, int64_t, int64_t), const void* ctx) {
+  const RowsTask task{B, fn, ctx};
+  Team team(Job{rows_half, &task, B > 1 ? 2 : 1, false}, B > 1);
+  team.finish();
+}
+
+}  // namespace wn
