@@ -269,7 +269,7 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
         report = run_bench(directory, batches=parse_batches(batches), seconds=seconds, rounds=rounds,
                            threads=threads, layouts=parse_layouts(layouts, directory), scoring=not no_scoring,
                            progress=status.update)
-    out = Console(width=160)
+    out = Console(width=220)
     out.print(report.summary())
     for table in report.tables():
         out.print(table)

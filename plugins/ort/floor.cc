@@ -35,7 +35,7 @@ extern "C" {
 __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N, int64_t batch, int half, int threads,
                                                            int64_t passes, int64_t* ns) {
   if (K < 1 || N < 1 || batch < 1 || passes < 1 || (threads != 1 && threads != 2)) return 1;
-  const int64_t n = wn::Packed::size(K, N);
+  const int64_t n = wn::Packed::size(K, N);  // elements
   std::vector<float> w32(half ? 0 : n);
   std::vector<uint16_t> w16(half ? n : 0);
   for (int64_t i = 0; i < n; ++i) {  // small finite values; the floor does not depend on them
@@ -50,7 +50,7 @@ __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N,
                        C.data()};
   for (int64_t i = -1; i < passes; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    wn::Team team(wn::Job{floor_half, &pass, 2, false}, threads == 2);
+    wn::Team team(wn::Job{floor_half, &pass, 2, false}, threads == 2, true);
     team.finish();
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= 0) ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();

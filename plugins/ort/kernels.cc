@@ -55,9 +55,11 @@ inline vf load(const float* p) {
 inline vf load(const uint16_t* p) { return load_half(p); }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) {
-  vf v;
-  for (int i = 0; i < VW; ++i) v[i] = x;
-  return v;
+#if defined(__AVX512F__)
+  return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#else
+  return vf{x, x, x, x, x, x, x, x};
+#endif
 }
 inline float scalar(float w) { return w; }
 inline float scalar(uint16_t w) { return half_to_float(w); }
@@ -266,9 +268,9 @@ class Helper {
 
   // Publishes `job` to the helper → true, or false when the caller must work alone (no helper, disabled,
   // backing off after a stall, or busy with another caller's job).
-  bool begin(const Job& job) {
+  bool begin(const Job& job, bool force) {
     if (!enabled_.load(std::memory_order_relaxed)) return false;
-    if (solo_.load(std::memory_order_relaxed) > 0) {
+    if (!force && solo_.load(std::memory_order_relaxed) > 0) {
       solo_.fetch_sub(1, std::memory_order_relaxed);
       return false;
     }
@@ -278,6 +280,7 @@ class Helper {
     ready_.store(0, std::memory_order_relaxed);
     finished_.store(0, std::memory_order_relaxed);
     stalled_ = false;
+    forced_ = force;
     gen_ = (state_.load(std::memory_order_relaxed) >> 32) + 1;
     state_.store(gen_ << 32);  // publish: generation gen, next task 0 (seq_cst: pairs with the sleep check)
     if (sleeping_.load()) {
@@ -300,7 +303,8 @@ class Helper {
       finished_.fetch_add(1, std::memory_order_acq_rel);
     }
     wait([&] { return finished_.load(std::memory_order_acquire) >= T; });
-    if (stalled_) {  // the helper was descheduled: work alone a while, longer if it keeps happening
+    if (forced_) {  // a measurement: leaves the back-off as it was
+    } else if (stalled_) {  // the helper was descheduled: work alone a while, longer if it keeps happening
       solo_.store(backoff_, std::memory_order_relaxed);
       backoff_ = std::min(2 * backoff_, kSoloMax);
       calm_ = 0;
@@ -400,7 +404,7 @@ class Helper {
 
   std::atomic<int> solo_{0};  // calls left to work alone
   int backoff_ = kSoloMin, calm_ = 0;  // the next solo stretch; helped calls since the last stall (under busy_)
-  bool stalled_ = false;
+  bool stalled_ = false, forced_ = false;
   uint64_t gen_ = 0;
   std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
   std::atomic<uint64_t> state_{0};  // (generation << 32) | next task to claim
@@ -413,7 +417,9 @@ class Helper {
   std::thread thread_;
 };
 
-Team::Team(const Job& job, bool help) : job_(job) { helped_ = help && job.tasks > 0 && Helper::get().begin(job); }
+Team::Team(const Job& job, bool help, bool force) : job_(job) {
+  helped_ = help && job.tasks > 0 && Helper::get().begin(job, force);
+}
 
 void Team::ready(int64_t n) {
   if (helped_) return Helper::get().ready(n);
@@ -462,6 +468,7 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
   float* X = a.X + r0 * ldx;
   float* H = a.H + r0 * ldh;
   float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
+  float* in = a.in + r0 * (P + R);
   const float* taps = a.taps + r0 * L * P;
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
@@ -469,8 +476,11 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
     for (int64_t b = 0; b < M; ++b)
       std::memcpy(acc + b * G2, a.gate_in + (r0 + b) * a.gate_ld + l * G2, G2 * sizeof(float));
     const Packed w = a.w_gate.matrix(l, G2);  // [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's
-    if (P > 0) gemm_acc(M, 0, G2, taps + l * P, L * P, w.rows(0, P), acc, G2);
-    gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
+    for (int64_t b = 0; b < M; ++b) {
+      std::memcpy(in + b * (P + R), taps + b * L * P + l * P, P * sizeof(float));
+      std::memcpy(in + b * (P + R) + P, x + b * ldx, R * sizeof(float));
+    }
+    gemm_acc(M, 0, G2, in, P + R, w, acc, G2);
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
     team.ready(l + 1);

@@ -28,13 +28,6 @@ struct Packed {
     m.p = static_cast<const char*>(p) + i * size(K, N) * (half ? 2 : 4);
     return m;
   }
-  // Rows [k0, k0 + n) as a matrix of its own (same panels).
-  Packed rows(int64_t k0, int64_t n) const {
-    Packed m = *this;
-    m.p = static_cast<const char*>(p) + k0 * kPanel * (half ? 2 : 4);
-    m.K = n;
-    return m;
-  }
 };
 
 // C[M × columns n0 … N) += A[M × K] · W (n0 a multiple of 16). Each element of C is one float32 FMA chain
@@ -65,7 +58,8 @@ struct Job {
 // no helper they run there, on the caller), then finish() (runs what is left, waits for the helper).
 class Team {
  public:
-  Team(const Job& job, bool help);
+  // force: use the helper even while the caller is backing off after a stall (the bench's floor)
+  Team(const Job& job, bool help, bool force = false);
   void ready(int64_t n);
   void finish();
   ~Team() { finish(); }
@@ -97,6 +91,7 @@ struct LayersArgs {
   float* H;          // (B, L·G) scratch: every layer's h
   float* acc;        // (B, 2G) scratch
   float* res;        // (B, R) scratch
+  float* in;         // (B, P + R) scratch: [taps_l | x_l]
 };
 
 // Rows [r0, r1) with kAlone or kPipeline.

@@ -115,10 +115,10 @@ class LoopPlan:
             head_w2=ptr(head[2]), head_b2=ptr(head[3]), input_bias=ptr(arrays["input_bias"]))
 
     @property
-    def weight_bytes(self) -> int:
-        """Bytes of weights streamed per step (the layer chain, the head, and the conditioning projection)."""
+    def weight_count(self) -> int:
+        """Weights streamed per step: the layer chain, the head and the conditioning projection (as packed)."""
         a = self.arrays
-        return sum(w.nbytes for w in (a["w_gate"], a["w_out"], a["w_skip"], a["head"][0], a["head"][2], a["w_cond"])
+        return sum(w.size for w in (a["w_gate"], a["w_out"], a["w_skip"], a["head"][0], a["head"][2], a["w_cond"])
                    if w is not None)
 
     def gate_base(self, batch: int, speaker) -> np.ndarray:

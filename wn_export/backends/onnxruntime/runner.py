@@ -193,6 +193,7 @@ class OrtStepRunner(StepRunner):
         self.setup = (f"fused layer chain and head ({weights}), "
                       + ("native loop" if self.loop is not None else "ONNX Runtime per step"))
         policy.apply(str(lib))
+        self.calibration = None if self.loop is None else policy.Calibration(self.loop, str(lib))
         return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
@@ -290,11 +291,9 @@ class OrtStepRunner(StepRunner):
         False when this runner has none (see `StepRunner.generate_block`)."""
         if self.loop is None or len(self.rings) != 1 or out.ndim != 2 or out.shape[1] != self.batch:
             return False
-        from wn_export.backends.onnxruntime import policy
-
         self.loop.run(state=self.rings[0].array, position=self.position, first=np.ascontiguousarray(first, np.int64),
                       out=out, gate_base=self._gate_base, u=u, temperature=temperature, cond=cond, logits=self.logits,
-                      split=policy.split(self.batch), step_ns=step_ns)
+                      split=self.calibration.split(self.batch), step_ns=step_ns)
         self.position += out.shape[0]
         return True
 
