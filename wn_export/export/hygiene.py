@@ -64,11 +64,12 @@ def _constant_names(model: onnx.ModelProto) -> set[str]:
 def _foldable(model: onnx.ModelProto) -> list[str]:
     constants = _constant_names(model)
     half = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
-    widening = {id(n) for n in model.graph.node if n.op_type == "Cast" and list(n.input) != [] and n.input[0] in half
-                and {a.name: a.i for a in n.attribute}.get("to") == onnx.TensorProto.FLOAT}
+    def widening(n) -> bool:
+        return (n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in half
+                and {a.name: a.i for a in n.attribute}.get("to") == onnx.TensorProto.FLOAT)
+
     bad = [f"{n.op_type} {n.name}" for n in model.graph.node
-           if n.op_type != "Constant" and id(n) not in widening and n.input
-           and all(i in constants or i == "" for i in n.input)]
+           if n.op_type != "Constant" and not widening(n) and n.input and all(i in constants or i == "" for i in n.input)]
     return [f"unfolded constant subgraphs at: {', '.join(bad[:5])}"] if bad else []
 
 

@@ -33,6 +33,8 @@ TOLERANCES = {
                       generation_identical=True),
     "fp16": Tolerance(max_abs=0.3, rel_l2=3e-3, kl_mean=5e-5, kl_max=1e-3, top1=0.97, ll_diff=5e-3,
                       generation_identical=False),
+    "w16": Tolerance(max_abs=0.3, rel_l2=3e-3, kl_mean=5e-5, kl_max=1e-3, top1=0.97, ll_diff=5e-3,
+                     generation_identical=False),
 }
 
 
