@@ -187,15 +187,17 @@ class BenchReport:
         from rich.table import Table
 
         out = []
-        t = Table(title="generation step loop (one step + sampling per sample and stream)")
-        for c in ("batch", "backend", "setup", "samples/s", "rounds min–max", "p50 ms", "p99 ms", "steps",
+        t = Table(title="generation step loop (one step + sampling per sample and stream; 'at p50': batch ÷ median "
+                        "step time, the rate between preemptions on a shared machine)")
+        for c in ("batch", "backend", "setup", "samples/s", "rounds min–max", "p50 ms", "p99 ms", "at p50", "steps",
                   "floor", "÷ floor", f"× {BASELINE}"):
             t.add_column(c, justify="left" if c in ("backend", "setup") else "right")
         for r in [r for r in self.results if r.kind == "step"]:
             ratio, f, share = self.ratio(r), self.floor(r.batch, r.weights), self.floor_share(r)
             t.add_row(str(r.batch), r.backend, r.note, f"{r.samples_per_s:,.0f}",
                       f"{r.spread[0]:,.0f}–{r.spread[1]:,.0f}", "–" if r.p50_ms is None else f"{r.p50_ms:.3f}",
-                      "–" if r.p99_ms is None else f"{r.p99_ms:.3f}", str(r.steps),
+                      "–" if r.p99_ms is None else f"{r.p99_ms:.3f}",
+                      "–" if not r.p50_ms else f"{r.batch / r.p50_ms * 1e3:,.0f}", str(r.steps),
                       "" if f is None else f"{f.samples_per_s:,.0f} ({r.weights}, {f.threads} thr)",
                       "" if share is None else f"{share:.0%}", "" if ratio is None else f"{ratio:,.1f}×")
         out.append(t)
