@@ -50,7 +50,7 @@ __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N,
                        C.data()};
   for (int64_t i = -1; i < passes; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    wn::Team team(wn::Job{floor_half, &pass, 2, false}, threads == 2, true);
+    wn::Team team(wn::Job{floor_half, &pass, 2}, threads == 2, true);
     team.finish();
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= 0) ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();

@@ -246,9 +246,10 @@ void gate(int64_t n, const float* a, const float* b, float* h) {
 // ---- the helper thread -------------------------------------------------------------------------------
 // One process-wide helper thread shares a call's work with the calling thread. A job is T tasks, claimed in
 // order through one atomic (job generation, next task) by the helper as they become ready and by the
-// caller for whatever is left once its own part is done. Tasks write disjoint outputs, or (ordered jobs)
-// accumulate into one output in task order: a task starts only once the one before it has finished. Either
-// way the result does not depend on which thread ran which task (bit-identical to one thread).
+// caller for whatever is left once its own part is done. Tasks write disjoint outputs, or wait for the tasks
+// they depend on (`Job::after`: the skip projections accumulate into one output in layer order, the head
+// waits for the skip sum). Either way the result does not depend on which thread ran which task
+// (bit-identical to one thread).
 // A helper that is descheduled while it holds a task makes the caller wait for it (spinning, then yielding
 // its core, which the helper may be queued on). After such a wait (> kStallNs) the caller works alone for
 // a while: 32 calls after an isolated stall (a helper woken from sleep, a thread just started), doubling on
@@ -298,7 +299,10 @@ class Helper {
     ready_.store(T, std::memory_order_release);
     int64_t t;
     while ((t = claim(gen_)) >= 0) {
-      if (job_.ordered) wait([&] { return finished_.load(std::memory_order_acquire) >= t; });
+      if (job_.after) {
+        const int64_t need = job_.after(job_.ctx, t);
+        wait([&] { return finished_.load(std::memory_order_acquire) >= need; });
+      }
       job_.fn(job_.ctx, t);
       finished_.fetch_add(1, std::memory_order_acq_rel);
     }
@@ -381,8 +385,8 @@ class Helper {
         int64_t t;
         while ((t = claim(gen)) >= 0) {
           while (ready_.load(std::memory_order_acquire) <= t) pause();
-          if (job_.ordered)
-            while (finished_.load(std::memory_order_acquire) < t) pause();
+          if (job_.after)
+            for (const int64_t need = job_.after(job_.ctx, t); finished_.load(std::memory_order_acquire) < need;) pause();
           job_.fn(job_.ctx, t);
           finished_.fetch_add(1, std::memory_order_acq_rel);
           helped_.fetch_add(1, std::memory_order_relaxed);
@@ -442,45 +446,24 @@ int64_t helped_tasks() { return Helper::get().helped_.load(); }
 // ---- the layer chain -----------------------------------------------------------------------------------
 namespace {
 
-struct SkipTask {
-  const LayersArgs* a;
-  int64_t r0, r1;
-};
-
-// skip[r0 … r1) += h_l · W_skip,l (in layer order: an ordered job)
-void skip_layer(const void* ctx, int64_t l) {
-  const SkipTask& t = *static_cast<const SkipTask*>(ctx);
-  const LayersArgs& a = *t.a;
-  gemm_acc(t.r1 - t.r0, 0, a.S, a.H + t.r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S),
-           a.skip + t.r0 * a.S, a.S);
-}
-
-}  // namespace
-
-void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
-  const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P, S = a.S;
-  if (M <= 0) return;
+// The sequential part on the calling thread, rows [r0, r1): per layer the gate GEMM over [taps_l | x_l], the
+// gate, then (but the last) the residual GEMM; team.ready(l + 1) once h_l is written.
+void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team) {
+  const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P;
   const int64_t ldh = L * G, ldx = L * R;
-  float* skip = a.skip + r0 * S;
-  for (int64_t b = 0; b < M; ++b) std::memcpy(skip + b * S, a.b_skip, S * sizeof(float));
-  const SkipTask task{&a, r0, r1};
-  Team team(Job{skip_layer, &task, L, true}, split == kPipeline);
   float* X = a.X + r0 * ldx;
   float* H = a.H + r0 * ldh;
-  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
-  float* in = a.in + r0 * (P + R);
+  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R, *in = a.in + r0 * (P + R);
   const float* taps = a.taps + r0 * L * P;
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
-    for (int64_t b = 0; b < M; ++b)
-      std::memcpy(acc + b * G2, a.gate_in + (r0 + b) * a.gate_ld + l * G2, G2 * sizeof(float));
-    const Packed w = a.w_gate.matrix(l, G2);  // [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's
     for (int64_t b = 0; b < M; ++b) {
+      std::memcpy(acc + b * G2, a.gate_in + (r0 + b) * a.gate_ld + l * G2, G2 * sizeof(float));
       std::memcpy(in + b * (P + R), taps + b * L * P + l * P, P * sizeof(float));
       std::memcpy(in + b * (P + R) + P, x + b * ldx, R * sizeof(float));
     }
-    gemm_acc(M, 0, G2, in, P + R, w, acc, G2);
+    gemm_acc(M, 0, G2, in, P + R, a.w_gate.matrix(l, G2), acc, G2);  // past-tap rows, then x_l's
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
     team.ready(l + 1);
@@ -492,50 +475,125 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
     for (int64_t b = 0; b < M; ++b)
       for (int64_t j = 0; j < R; ++j) xn[b * ldx + j] = al * res[b * R + j] + be * x[b * ldx + j];
   }
-  team.finish();
+}
+
+void init_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b) std::memcpy(a.skip + b * a.S, a.b_skip, a.S * sizeof(float));
+}
+
+// skip[r0 … r1) += h_l · W_skip,l (task l of a job whose tasks run in layer order)
+void skip_layer(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
+  gemm_acc(r1 - r0, 0, a.S, a.H + r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S), a.skip + r0 * a.S,
+           a.S);
+}
+
+void scale_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
   if (a.skip_scale != 1.0f)
-    for (int64_t i = 0; i < M * S; ++i) skip[i] *= a.skip_scale;
+    for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.skip[i] *= a.skip_scale;
 }
 
 // ---- the head -------------------------------------------------------------------------------------------
-namespace {
+constexpr int64_t kHeadParts = 2;  // each 1×1's columns in two halves (whole panels), one per thread
 
-struct HeadPart {
-  int64_t r0, r1, K, N;
+// Part `part` of one 1×1 of rows [r0, r1): C = [relu](A · W + bias) (relu_in: A is relu(src), written first)
+struct HeadLayer {
+  int64_t K, N;
   const float* A;  // (B, K)
   Packed W;
   const float* bias;
   bool relu;
   float* C;  // (B, N)
-  static constexpr int64_t kParts = 2;
+
+  void part(int64_t r0, int64_t r1, int64_t p) const {
+    const int64_t panels = (N + kPanel - 1) / kPanel;
+    const int64_t n0 = std::min(N, panels * p / kHeadParts * kPanel), n1 = std::min(N, panels * (p + 1) / kHeadParts * kPanel);
+    if (n0 >= n1) return;
+    for (int64_t b = r0; b < r1; ++b) std::memcpy(C + b * N + n0, bias + n0, (n1 - n0) * sizeof(float));
+    gemm_acc(r1 - r0, n0, n1, A + r0 * K, K, W, C + r0 * N, N);
+    if (relu)
+      for (int64_t b = r0; b < r1; ++b)
+        for (int64_t j = n0; j < n1; ++j) C[b * N + j] = std::max(C[b * N + j], 0.f);
+  }
 };
 
-// Columns of part t (whole panels) of one 1×1: C = [relu](A · W + bias)
-void head_part(const void* ctx, int64_t part) {
-  const HeadPart& t = *static_cast<const HeadPart*>(ctx);
-  const int64_t panels = (t.N + kPanel - 1) / kPanel;
-  const int64_t n0 = std::min(t.N, panels * part / HeadPart::kParts * kPanel);
-  const int64_t n1 = std::min(t.N, panels * (part + 1) / HeadPart::kParts * kPanel);
-  if (n0 >= n1) return;
-  for (int64_t b = t.r0; b < t.r1; ++b) std::memcpy(t.C + b * t.N + n0, t.bias + n0, (n1 - n0) * sizeof(float));
-  gemm_acc(t.r1 - t.r0, n0, n1, t.A + t.r0 * t.K, t.K, t.W, t.C + t.r0 * t.N, t.N);
-  if (t.relu)
-    for (int64_t b = t.r0; b < t.r1; ++b)
-      for (int64_t j = n0; j < n1; ++j) t.C[b * t.N + j] = std::max(t.C[b * t.N + j], 0.f);
+struct Head {
+  HeadLayer first, second;
+  explicit Head(const HeadArgs& a)
+      : first{a.S, a.H, a.hidden, a.w1, a.b1, true, a.hidden + a.B * a.S},
+        second{a.H, a.Q, a.hidden + a.B * a.S, a.w2, a.b2, false, a.out} {}
+};
+
+void relu_skip(const HeadArgs& a, int64_t r0, int64_t r1) {  // hidden[:, :S] = relu(skip)
+  for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.hidden[i] = std::max(a.skip[i], 0.f);
 }
+
+// One step's pipeline job over rows [r0, r1): tasks 0 … L−1 the skip projections (in layer order), L the skip
+// sum's scaling and ReLU, L+1 and L+2 the first 1×1's column halves, L+3 and L+4 the second's.
+struct StepJob {
+  const LayersArgs* a;
+  const HeadArgs* h;
+  Head head;
+  int64_t r0, r1;
+  bool with_head;
+
+  int64_t tasks() const { return a->L + (with_head ? 1 + 2 * kHeadParts : 0); }
+  static void run(const void* ctx, int64_t t) {
+    const StepJob& j = *static_cast<const StepJob*>(ctx);
+    const int64_t L = j.a->L;
+    if (t < L) return skip_layer(*j.a, j.r0, j.r1, t);
+    if (t == L) {
+      scale_skip(*j.a, j.r0, j.r1);
+      return relu_skip(*j.h, j.r0, j.r1);
+    }
+    const int64_t k = t - L - 1;
+    (k < kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
+  }
+  static int64_t after(const void* ctx, int64_t t) {
+    const int64_t L = static_cast<const StepJob*>(ctx)->a->L;
+    if (t <= L) return t;                         // the skip sum in layer order, then its finish
+    return t <= L + kHeadParts ? L + 1 : L + 1 + kHeadParts;  // each 1×1 after what it reads
+  }
+};
 
 }  // namespace
 
+void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  init_skip(a, r0, r1);
+  const HeadArgs none{};
+  const StepJob job{&a, &none, Head(none), r0, r1, false};
+  Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
+  chain(a, r0, r1, team);
+  team.finish();
+  scale_skip(a, r0, r1);
+}
+
 void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
   if (r1 <= r0) return;
-  float *t = a.hidden, *h = a.hidden + a.B * a.S;  // relu(skip) (B, S), hidden (B, H)
-  for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) t[i] = std::max(a.skip[i], 0.f);
-  const HeadPart first{r0, r1, a.S, a.H, t, a.w1, a.b1, true, h};
-  const HeadPart second{r0, r1, a.H, a.Q, h, a.w2, a.b2, false, a.out};
-  for (const HeadPart* layer : {&first, &second}) {
-    Team team(Job{head_part, layer, HeadPart::kParts, false}, split == kPipeline);
+  relu_skip(a, r0, r1);
+  const Head head(a);
+  for (const HeadLayer* layer : {&head.first, &head.second}) {
+    struct Ctx {
+      const HeadLayer* layer;
+      int64_t r0, r1;
+    } ctx{layer, r0, r1};
+    Team team(Job{[](const void* c, int64_t p) {
+                    const Ctx& x = *static_cast<const Ctx*>(c);
+                    x.layer->part(x.r0, x.r1, p);
+                  },
+                  &ctx, kHeadParts},
+              split == kPipeline);
     team.finish();
   }
+}
+
+void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  init_skip(a, r0, r1);
+  const StepJob job{&a, &h, Head(h), r0, r1, true};
+  Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
+  chain(a, r0, r1, team);
+  team.finish();
 }
 
 namespace {
@@ -556,7 +614,7 @@ void rows_half(const void* ctx, int64_t half) {
 
 void split_rows(int64_t B, void (*fn)(const void*, int64_t, int64_t), const void* ctx) {
   const RowsTask task{B, fn, ctx};
-  Team team(Job{rows_half, &task, B > 1 ? 2 : 1, false}, B > 1);
+  Team team(Job{rows_half, &task, B > 1 ? 2 : 1}, B > 1);
   team.finish();
 }
 

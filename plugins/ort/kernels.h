@@ -51,8 +51,12 @@ struct Job {
   void (*fn)(const void* ctx, int64_t task);
   const void* ctx;
   int64_t tasks;
-  bool ordered;  // task t starts only after task t − 1 has finished (they accumulate into one output)
+  // Task t starts only once after(ctx, t) tasks have finished (null: no such wait). Tasks start in order, so
+  // after(t) = t makes them accumulate into one output in task order.
+  int64_t (*after)(const void* ctx, int64_t task) = nullptr;
 };
+
+inline int64_t in_order(const void*, int64_t task) { return task; }
 
 // One job shared with the process-wide helper thread: construct, call ready(n) as tasks < n may start (with
 // no helper they run there, on the caller), then finish() (runs what is left, waits for the helper).
@@ -109,6 +113,10 @@ struct HeadArgs {
 };
 
 void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split);
+
+// The layer chain and then the head (h.skip must be a.skip), kAlone or kPipeline; in the pipeline the helper's
+// skip projections and the head's column halves are one job (no hand-over between the two).
+void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split);
 
 // Rows [0, B) in two halves, one per thread (kRows): fn(ctx, r0, r1) for each half.
 void split_rows(int64_t B, void (*fn)(const void* ctx, int64_t r0, int64_t r1), const void* ctx);

@@ -84,8 +84,7 @@ struct Loop {
           for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
       }
       if (C > 0) wn::gemm_acc(r1 - r0, 0, L * G2, cond_t + r0 * C, C, w_cond, gate_in + r0 * L * G2, L * G2);
-      wn::run_layers(layers, r0, r1, split);
-      wn::run_head(head, r0, r1, split);
+      wn::run_step(layers, head, r0, r1, split);
       int64_t* out = run.tokens + t * B;
       for (int64_t b = r0; b < r1; ++b) {
         float* state = run.state + b * m.state_rows * R;

@@ -10,8 +10,9 @@ The ways (`Split` in plugins/ort/kernels.h):
 
 Which one is fastest depends on the machine (cores, cache sizes, vector units, what else runs) and on the
 model's size, so it is measured, not assumed: the first time the native loop runs a batch size of a
-power-of-two bucket (1, 2, 4, … 256+), `Calibration.split` times the three ways on scratch state (a few
-interleaved blocks of ~4 ms each, the median kept) and caches the winner per machine and model shape in
+power-of-two bucket (1, 2, 4, … 256+), `Calibration.split` times the three ways on scratch state (five
+interleaved blocks of ~4 ms each, the best kept: other processes only add time) and caches the winner per
+machine and model shape in
 `$WN_EXPORT_CACHE/policy/<key>.json` (see `native.cache_dir`). `WN_EXPORT_SPLIT=alone|pipeline|rows` forces a
 way; `WN_EXPORT_RECALIBRATE=1` measures again. With one usable core the helper is off. The helper also keeps
 its own run-time guard: a step that waits for it more than 0.2 ms makes the caller work alone for a while
@@ -124,10 +125,11 @@ class Calibration:
         times: dict[str, list[float]] = {w: [] for w in ways}
         for way in ways:  # warm-up (the helper thread starts, caches fill)
             block(way, steps)
-        for _ in range(3):
+        for _ in range(5):
             for way in ways:
                 times[way].append(block(way, steps))
-        return min(ways, key=lambda w: float(np.median(times[w])))
+        # the best round of each: other processes only ever add time, so the minimum is what the way can do
+        return min(ways, key=lambda w: min(times[w]))
 
     def _store(self, key: str, way: str) -> None:
         self.table[key] = way
