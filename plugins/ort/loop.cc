@@ -46,7 +46,7 @@ struct WnLoopRun {
   double temperature;
   int64_t* tokens;   // (steps, B) out
   float* logits;     // (B, Q) out: the last step's logits
-  int64_t* step_ns;  // (steps) out, or null: wall time of each step (of the streams of the calling thread)
+  int64_t* step_ns;  // (steps) out, or null: wall time of each step
 };
 }
 
@@ -61,42 +61,61 @@ struct Loop {
   double* cdf;  // (2, Q): one row per batch half
   std::vector<int64_t> dilation;
 
-  void block(int64_t r0, int64_t r1, wn::Split split) const {
+  // Step t of streams [r0, r1): everything from the input token to the drawn one.
+  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
     const int64_t B = run.batch, R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, Q = m.Q, K1 = m.kernel - 1;
     const int64_t C = m.cond_channels;
-    const wn::Packed w_cond(m.w_cond, C, m.cond_half != 0);
-    double* c = cdf + (r0 == 0 ? 0 : Q);
+    const int64_t pos = run.position + t;
+    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
+    for (int64_t b = r0; b < r1; ++b) {
+      std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
+      const float* state = run.state + b * m.state_rows * R;
+      float* tap = taps + b * L * P;
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
+          const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
+          std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
+        }
+      std::memcpy(gate_in + b * L * G2, run.gate_base + b * run.gate_base_ld, L * G2 * sizeof(float));
+      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
+    }
+    if (C > 0)
+      wn::gemm_acc(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
+                   gate_in + r0 * L * G2, L * G2);
+    wn::run_step(layers, head, r0, r1, split);
+    int64_t* out = run.tokens + t * B;
+    double* c = cdf + (r0 == 0 ? 0 : Q);  // one row per thread
+    for (int64_t b = r0; b < r1; ++b) {
+      float* state = run.state + b * m.state_rows * R;
+      const float* x = layers.X + b * L * R;
+      for (int64_t l = 0; l < L; ++l) {
+        float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
+        for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
+      }
+      const float* logits = run.logits + b * Q;
+      out[b] = run.u ? wn::sample_row(logits, Q, run.u[t * B + b], run.temperature, c) : wn::argmax_row(logits, Q);
+    }
+  }
+
+  // Every step of the block. kRows splits each step's streams in two halves (one hand-over per step: a helper
+  // that is descheduled stalls one step, then the caller works alone a while).
+  void block(wn::Split split) const {
+    struct Half {
+      const Loop* loop;
+      int64_t t;
+    };
     for (int64_t t = 0; t < run.steps; ++t) {
       const auto t0 = std::chrono::steady_clock::now();
-      const int64_t pos = run.position + t;
-      const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
-      for (int64_t b = r0; b < r1; ++b) {
-        std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
-        const float* state = run.state + b * m.state_rows * R;
-        float* tap = taps + b * L * P;
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
-            const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
-            std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
-          }
-        std::memcpy(gate_in + b * L * G2, run.gate_base + b * run.gate_base_ld, L * G2 * sizeof(float));
-        if (C > 0)
-          for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
+      if (split == wn::kRows && run.batch > 1) {
+        const Half half{this, t};
+        wn::split_rows(run.batch, [](const void* c, int64_t r0, int64_t r1) {
+          const Half& h = *static_cast<const Half*>(c);
+          h.loop->step(h.t, r0, r1, wn::kAlone);
+        }, &half);
+      } else {
+        step(t, 0, run.batch, split);
       }
-      if (C > 0) wn::gemm_acc(r1 - r0, 0, L * G2, cond_t + r0 * C, C, w_cond, gate_in + r0 * L * G2, L * G2);
-      wn::run_step(layers, head, r0, r1, split);
-      int64_t* out = run.tokens + t * B;
-      for (int64_t b = r0; b < r1; ++b) {
-        float* state = run.state + b * m.state_rows * R;
-        const float* x = layers.X + b * L * R;
-        for (int64_t l = 0; l < L; ++l) {
-          float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
-          for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
-        }
-        const float* logits = run.logits + b * Q;
-        out[b] = run.u ? wn::sample_row(logits, Q, run.u[t * B + b], run.temperature, c) : wn::argmax_row(logits, Q);
-      }
-      if (run.step_ns && r0 == 0)
+      if (run.step_ns)
         run.step_ns[t] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     }
   }
@@ -145,11 +164,7 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
                          m.head_b2, r.logits, hidden},
             x0, taps, gate_in, cond_t, cdf.data(), {}};
   for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
-  if (r.split == wn::kRows && B > 1)
-    wn::split_rows(B, [](const void* c, int64_t r0, int64_t r1) { static_cast<const Loop*>(c)->block(r0, r1, wn::kAlone); },
-                   &loop);
-  else
-    loop.block(0, B, static_cast<wn::Split>(r.split));
+  loop.block(static_cast<wn::Split>(r.split));
   return 0;
 }
 }
