@@ -4,8 +4,8 @@ The ways (`Split` in plugins/ort/kernels.h):
 - `pipeline`: the calling thread runs the layer chain, the helper thread the skip projections (in layer
   order) and half the head's columns: both threads stream different weights of every step, with one
   hand-over per layer (small batches, where a step is bound by streaming the weights);
-- `rows`: the streams are split in two halves, each computed start to end by one thread; in the native loop
-  a whole block runs without any hand-over (large batches, where a step is bound by arithmetic);
+- `rows`: the streams are split in two halves, each computed start to end by one thread, one hand-over per
+  step (large batches, where a step is bound by arithmetic);
 - `alone`: the calling thread only (one core, or when the other core is taken).
 
 Which one is fastest depends on the machine (cores, cache sizes, vector units, what else runs) and on the
