@@ -65,21 +65,41 @@ inline float scalar(float w) { return w; }
 inline float scalar(uint16_t w) { return half_to_float(w); }
 
 // ---- GEMM ----------------------------------------------------------------------------------------------
-// C[MR × NV·VW] += A[MR × K] · W[K × columns n … n + NV·VW): MR·NV accumulators in registers. With several
-// rows each weight vector is loaded (and converted) once per k; the empty asm keeps the compiler from
-// re-reading it as a memory operand of every row's FMA.
-template <int MR, int NV, typename T>
-inline void kernel(int64_t K, const float* A, int64_t lda, const T* W, int64_t stride, int64_t n, float* C,
-                   int64_t ldc) {
-  const T* w0[NV];
-  for (int v = 0; v < NV; ++v) {
-    const int64_t c = n + VW * v;
-    w0[v] = W + (c / kPanel) * stride + c % kPanel;
+// One GEMM: C[rows × columns] = C0 + A[rows × K] · W[K × columns] (W packed; C0 may be C itself, and its row
+// stride ld0 may be 0: one row shared by every row of C).
+template <typename T>
+struct Gemm {
+  const float* A;
+  int64_t lda;
+  const T* W;
+  int64_t K, stride;
+  const float* C0;
+  int64_t ld0;
+  float* C;
+  int64_t ldc;
+
+  Gemm from_row(int64_t m) const {
+    Gemm g = *this;
+    g.A += m * lda;
+    g.C0 += m * ld0;
+    g.C += m * ldc;
+    return g;
   }
+  const T* column(int64_t c) const { return W + (c / kPanel) * stride + c % kPanel; }
+};
+
+// Rows 0 … MR − 1, columns n … n + NV·VW: MR·NV accumulators in registers. With several rows each weight vector
+// is loaded (and converted) once per k; the empty asm keeps the compiler from re-reading it as a memory operand
+// of every row's FMA.
+template <int MR, int NV, typename T>
+inline void kernel(const Gemm<T>& g, int64_t n) {
+  const T* w0[NV];
+  for (int v = 0; v < NV; ++v) w0[v] = g.column(n + VW * v);
   vf acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load(C + r * ldc + n + VW * v);
-  for (int64_t k = 0; k < K; ++k) {
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(g.C0 + r * g.ld0 + n + VW * v);
+  const float* A = g.A;
+  for (int64_t k = 0; k < g.K; ++k) {
     vf w[NV];
     for (int v = 0; v < NV; ++v) {
       w[v] = load(w0[v] + k * kPanel);
@@ -88,89 +108,79 @@ inline void kernel(int64_t K, const float* A, int64_t lda, const T* W, int64_t s
 #endif
     }
     for (int r = 0; r < MR; ++r) {
-      const vf a = splat(A[r * lda + k]);
+      const vf a = splat(A[r * g.lda + k]);
       for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(C + r * ldc + n + VW * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) store(g.C + r * g.ldc + n + VW * v, acc[r][v]);
 }
 
 // Columns [n, N) of MR rows: blocks of NV vectors, then NV/2 …, then one, then a scalar tail.
 template <int MR, int NV, typename T>
-void columns(int64_t K, int64_t n, int64_t N, const float* A, int64_t lda, const T* W, int64_t stride, float* C,
-             int64_t ldc) {
-  for (; n + NV * VW <= N; n += NV * VW) kernel<MR, NV>(K, A, lda, W, stride, n, C, ldc);
+void columns(const Gemm<T>& g, int64_t n, int64_t N) {
+  for (; n + NV * VW <= N; n += NV * VW) kernel<MR, NV>(g, n);
   if constexpr (NV > 1) {
-    columns<MR, NV / 2>(K, n, N, A, lda, W, stride, C, ldc);
+    columns<MR, NV / 2>(g, n, N);
   } else {
     for (; n < N; ++n) {
-      const T* w = W + (n / kPanel) * stride + n % kPanel;
+      const T* w = g.column(n);
       for (int r = 0; r < MR; ++r) {
-        float s = C[r * ldc + n];
-        for (int64_t k = 0; k < K; ++k) s += A[r * lda + k] * scalar(w[k * kPanel]);  // contracted to an FMA, as the vectors
-        C[r * ldc + n] = s;
+        float s = g.C0[r * g.ld0 + n];
+        for (int64_t k = 0; k < g.K; ++k) s += g.A[r * g.lda + k] * scalar(w[k * kPanel]);  // an FMA, as the vectors
+        g.C[r * g.ldc + n] = s;
       }
     }
   }
 }
 
-// Up to 11 rows over columns [n, N), as many accumulators as the registers hold (one row needs 8
+// Up to kBigRows − 1 rows over columns [n, N), as many accumulators as the registers hold (one row needs 8
 // independent ones to hide the FMA latency).
 template <typename T>
-void few_rows(int MR, int64_t K, int64_t n, int64_t N, const float* A, int64_t lda, const T* W, int64_t stride,
-              float* C, int64_t ldc) {
+void few_rows(int MR, const Gemm<T>& g, int64_t n, int64_t N) {
 #if defined(__AVX512F__)  // 32 vector registers
   switch (MR) {
-    case 1: return columns<1, 8>(K, n, N, A, lda, W, stride, C, ldc);
-    case 2: return columns<2, 8>(K, n, N, A, lda, W, stride, C, ldc);
-    case 3: return columns<3, 4>(K, n, N, A, lda, W, stride, C, ldc);
-    case 4: return columns<4, 4>(K, n, N, A, lda, W, stride, C, ldc);
-    case 5: return columns<5, 4>(K, n, N, A, lda, W, stride, C, ldc);
-    case 6: return columns<6, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 7: return columns<7, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 8: return columns<8, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 9: return columns<9, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 10: return columns<10, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 11: return columns<11, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 1: return columns<1, 8>(g, n, N);
+    case 2: return columns<2, 8>(g, n, N);
+    case 3: return columns<3, 4>(g, n, N);
+    case 4: return columns<4, 4>(g, n, N);
+    case 5: return columns<5, 4>(g, n, N);
+    case 6: return columns<6, 2>(g, n, N);
+    case 7: return columns<7, 2>(g, n, N);
     default: return;
   }
 #else  // 16
   switch (MR) {
-    case 1: return columns<1, 8>(K, n, N, A, lda, W, stride, C, ldc);
-    case 2: return columns<2, 4>(K, n, N, A, lda, W, stride, C, ldc);
-    case 3: return columns<3, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 4: return columns<4, 2>(K, n, N, A, lda, W, stride, C, ldc);
-    case 5: return columns<5, 2>(K, n, N, A, lda, W, stride, C, ldc);
+    case 1: return columns<1, 8>(g, n, N);
+    case 2: return columns<2, 4>(g, n, N);
+    case 3: return columns<3, 2>(g, n, N);
+    case 4: return columns<4, 2>(g, n, N);
+    case 5: return columns<5, 2>(g, n, N);
     default: return;
   }
 #endif
 }
 
 #if defined(__AVX512F__)
-constexpr int kBigRows = 12, kBigVectors = 2;  // 12 × 32 blocks: 24 accumulators
+constexpr int kBigRows = 8, kBigVectors = 3;  // 8 × 48 blocks: 24 accumulators; 8 rows divide the usual batches
 #else
 constexpr int kBigRows = 6, kBigVectors = 2;  // 6 × 16 blocks: 12 accumulators
 #endif
 constexpr int64_t kStrip = kBigVectors * VW;  // a multiple of the panel width
 
 template <typename T>
-void gemm(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const T* W, int64_t K, int64_t stride,
-          float* C, int64_t ldc) {
-  if (M < kBigRows) return few_rows(static_cast<int>(M), K, n0, N, A, lda, W, stride, C, ldc);
+void gemm(const Gemm<T>& g, int64_t M, int64_t n0, int64_t N) {
+  if (M < kBigRows) return few_rows(static_cast<int>(M), g, n0, N);
   // strip by strip, so one K × kStrip block of weights stays in L1 while every row block uses it
   const int64_t m_big = M / kBigRows * kBigRows;
   int64_t n = n0;
   for (; n + kStrip <= N; n += kStrip) {
-    for (int64_t m = 0; m < m_big; m += kBigRows)
-      kernel<kBigRows, kBigVectors>(K, A + m * lda, lda, W, stride, n, C + m * ldc, ldc);
-    if (m_big < M)
-      few_rows(static_cast<int>(M - m_big), K, n, n + kStrip, A + m_big * lda, lda, W, stride, C + m_big * ldc, ldc);
+    for (int64_t m = 0; m < m_big; m += kBigRows) kernel<kBigRows, kBigVectors>(g.from_row(m), n);
+    if (m_big < M) few_rows(static_cast<int>(M - m_big), g.from_row(m_big), n, n + kStrip);
   }
   if (n < N)
     for (int64_t m = 0; m < M; m += kBigRows - 1)
-      few_rows(static_cast<int>(std::min<int64_t>(kBigRows - 1, M - m)), K, n, N, A + m * lda, lda, W, stride,
-               C + m * ldc, ldc);
+      few_rows(static_cast<int>(std::min<int64_t>(kBigRows - 1, M - m)), g.from_row(m), n, N);
 }
 
 // ---- activations -----------------------------------------------------------------------------------------
@@ -222,13 +232,18 @@ float half_to_float(uint16_t h) {
 #endif
 }
 
-void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C,
-              int64_t ldc) {
+void gemm_from(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, const float* C0,
+               int64_t ld0, float* C, int64_t ldc) {
   if (M <= 0 || n0 >= N) return;
   if (W.half)
-    gemm(M, n0, N, A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C, ldc);
+    gemm(Gemm<uint16_t>{A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
   else
-    gemm(M, n0, N, A, lda, static_cast<const float*>(W.p), W.K, W.stride, C, ldc);
+    gemm(Gemm<float>{A, lda, static_cast<const float*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
+}
+
+void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C,
+              int64_t ldc) {
+  gemm_from(M, n0, N, A, lda, W, C, ldc, C, ldc);
 }
 
 void gate(int64_t n, const float* a, const float* b, float* h) {
@@ -453,17 +468,20 @@ void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team) {
   const int64_t ldh = L * G, ldx = L * R;
   float* X = a.X + r0 * ldx;
   float* H = a.H + r0 * ldh;
-  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R, *in = a.in + r0 * (P + R);
+  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
   const float* taps = a.taps + r0 * L * P;
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
-    for (int64_t b = 0; b < M; ++b) {
-      std::memcpy(acc + b * G2, a.gate_in + (r0 + b) * a.gate_ld + l * G2, G2 * sizeof(float));
-      std::memcpy(in + b * (P + R), taps + b * L * P + l * P, P * sizeof(float));
-      std::memcpy(in + b * (P + R) + P, x + b * ldx, R * sizeof(float));
+    // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
+    const Packed w = a.w_gate.matrix(l, G2);
+    const float* gate_in = a.gate_in + r0 * a.gate_ld + l * G2;
+    if (P > 0) {
+      gemm_from(M, 0, G2, taps + l * P, L * P, w.rows(0, P), gate_in, a.gate_ld, acc, G2);
+      gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
+    } else {
+      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), gate_in, a.gate_ld, acc, G2);
     }
-    gemm_acc(M, 0, G2, in, P + R, a.w_gate.matrix(l, G2), acc, G2);  // past-tap rows, then x_l's
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
     team.ready(l + 1);

@@ -28,11 +28,21 @@ struct Packed {
     m.p = static_cast<const char*>(p) + i * size(K, N) * (half ? 2 : 4);
     return m;
   }
+  // Rows [k0, k0 + n) as a matrix of their own (the same panels).
+  Packed rows(int64_t k0, int64_t n) const {
+    Packed m = *this;
+    m.p = static_cast<const char*>(p) + k0 * kPanel * (half ? 2 : 4);
+    m.K = n;
+    return m;
+  }
 };
 
 // C[M × columns n0 … N) += A[M × K] · W (n0 a multiple of 16). Each element of C is one float32 FMA chain
 // over k in order, whatever M and the blocking: a row's result does not depend on the batch it is in.
 void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C, int64_t ldc);
+// C = C0 + A · W over the same columns (C0 rows with stride ld0; 0: one row for all).
+void gemm_from(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, const float* C0,
+               int64_t ld0, float* C, int64_t ldc);
 
 // h[j] = tanh(a[j]) · σ(b[j]) (rational tanh, σ(b) = ½ + ½·tanh(b/2)).
 void gate(int64_t n, const float* a, const float* b, float* h);
@@ -95,7 +105,6 @@ struct LayersArgs {
   float* H;          // (B, L·G) scratch: every layer's h
   float* acc;        // (B, 2G) scratch
   float* res;        // (B, R) scratch
-  float* in;         // (B, P + R) scratch: [taps_l | x_l]
 };
 
 // Rows [r0, r1) with kAlone or kPipeline.

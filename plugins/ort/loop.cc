@@ -57,7 +57,7 @@ struct Loop {
   const WnLoopRun& run;
   wn::LayersArgs layers;
   wn::HeadArgs head;
-  float *x0, *taps, *gate_in, *cond_t;
+  float *x0, *taps, *gate_in, *cond_t;  // gate_in: with local conditioning only
   double* cdf;  // (2, Q): one row per batch half
   std::vector<int64_t> dilation;
 
@@ -76,12 +76,11 @@ struct Loop {
           const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
           std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
         }
-      std::memcpy(gate_in + b * L * G2, run.gate_base + b * run.gate_base_ld, L * G2 * sizeof(float));
       for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
     }
-    if (C > 0)
-      wn::gemm_acc(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
-                   gate_in + r0 * L * G2, L * G2);
+    if (C > 0)  // gate_in = gate_base + cond_t · W_cond
+      wn::gemm_from(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
+                    run.gate_base + r0 * run.gate_base_ld, run.gate_base_ld, gate_in + r0 * L * G2, L * G2);
     wn::run_step(layers, head, r0, r1, split);
     int64_t* out = run.tokens + t * B;
     double* c = cdf + (r0 == 0 ? 0 : Q);  // one row per thread
@@ -142,24 +141,26 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   if (r.steps == 0) return 0;
   thread_local std::vector<float> scratch;
   const int64_t C = m.cond_channels;
-  scratch.resize(static_cast<size_t>(B * (R + L * P + L * 2 * G + C + S + L * R + L * G + 2 * G + R + P + R + S + m.H)));
+  scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R + S +
+                                          m.H)));
   float* p = scratch.data();
   auto take = [&p](int64_t n) {
     float* q = p;
     p += n;
     return q;
   };
-  float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(B * L * 2 * G), *cond_t = take(B * C);
+  float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(C > 0 ? B * L * 2 * G : 0), *cond_t = take(B * C);
   float *skip = take(B * S), *X = take(B * L * R), *H = take(B * L * G), *acc = take(B * 2 * G), *res = take(B * R);
-  float* in = take(B * (P + R));
   float* hidden = take(B * (S + m.H));
   thread_local std::vector<double> cdf;
   cdf.resize(static_cast<size_t>(2 * Q));
   const bool half = m.weights_half != 0;
   Loop loop{m, r,
-            wn::LayersArgs{B, R, G, L, P, S, x0, taps, gate_in, L * 2 * G, wn::Packed(m.w_gate, P + R, half),
+            // without local conditioning the gate's pre-activation is gate_base itself, read in place
+            wn::LayersArgs{B, R, G, L, P, S, x0, taps, C > 0 ? gate_in : r.gate_base, C > 0 ? L * 2 * G : r.gate_base_ld,
+                           wn::Packed(m.w_gate, P + R, half),
                            wn::Packed(m.w_out, G, half), wn::Packed(m.w_skip, G, half), m.b_skip, m.alpha, m.beta,
-                           static_cast<float>(m.skip_scale), skip, X, H, acc, res, in},
+                           static_cast<float>(m.skip_scale), skip, X, H, acc, res},
             wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
                          m.head_b2, r.logits, hidden},
             x0, taps, gate_in, cond_t, cdf.data(), {}};
