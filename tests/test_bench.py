@@ -174,3 +174,17 @@ def test_the_package_row_times_wavenet_vocoder_itself(tmp_path):
     for t in report.tables():
         console.print(t)
     assert bench.PACKAGE in console.export_text()
+
+
+def test_the_floor_keeps_each_configurations_fastest_round():
+    F = bench.Floor
+    measured = [F(1, "fp32", 2, 60.0, 9_000.0, 16_000.0), F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0),
+                F(1, "fp32", 1, 60.0, 16_000.0, 16_500.0), F(1, "w16", 2, 21.0, 40_000.0, 47_000.0),
+                F(8, "fp32", 2, 90.0, 80_000.0, 88_000.0)]
+    best = {(f.batch, f.weights, f.threads): f for f in bench._best_floors(measured)}
+    assert len(best) == 4 and best[1, "fp32", 2].samples_per_s == 30_000.0
+    report = bench.BenchReport({}, "", {}, {}, [], floors=list(best.values()))
+    assert report.floor(1, "fp32").threads == 2 and report.floor(1, "w16").samples_per_s == 40_000.0
+    row = bench.Result("step", bench.HOST, 1, 24_000.0, (20_000.0, 25_000.0), p50_ms=0.04, weights="fp32")
+    assert report.floor_share(row) == pytest.approx(0.8)
+    assert report.floor_share_p50(row) == pytest.approx(25_000.0 / 33_000.0)
