@@ -269,7 +269,9 @@ void gate(int64_t n, const float* a, const float* b, float* h) {
 // its core, which the helper may be queued on). After such a wait (> kStallNs) the caller works alone for
 // a while: 32 calls after an isolated stall (a helper woken from sleep, a thread just started), doubling on
 // each stall that follows within kCalmCalls helped calls, up to 4,096 calls when the other core stays busy.
-// The helper spins kSpinNs for the next job, then sleeps. `WN_ORT_OPS_THREADS=1` disables it.
+// The helper waits for the next job spinning, yielding its core after kYieldNs (another thread may need it:
+// the caller itself, when both share one core), then sleeps after kSpinNs; its waits inside a job spin, then
+// yield, too. `WN_ORT_OPS_THREADS=1` disables it.
 class Helper {
  public:
   static constexpr int64_t kSpinNs = 2'000'000;
@@ -375,6 +377,20 @@ class Helper {
     }
   }
 
+  // The helper's own waits (for the caller's next layer, for the task before): spinning, then yielding its core
+  // after kYieldNs, which the caller it waits for may be queued on.
+  template <typename Done>
+  static void spin_until(Done&& done) {
+    if (done()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned spins = 1; !done(); ++spins) {
+      pause();
+      if ((spins & 255) == 0 &&
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count() > kYieldNs)
+        std::this_thread::yield();
+    }
+  }
+
   void start() {
     if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
   }
@@ -399,9 +415,11 @@ class Helper {
         seen = gen;
         int64_t t;
         while ((t = claim(gen)) >= 0) {
-          while (ready_.load(std::memory_order_acquire) <= t) pause();
-          if (job_.after)
-            for (const int64_t need = job_.after(job_.ctx, t); finished_.load(std::memory_order_acquire) < need;) pause();
+          spin_until([&] { return ready_.load(std::memory_order_acquire) > t; });
+          if (job_.after) {
+            const int64_t need = job_.after(job_.ctx, t);
+            spin_until([&] { return finished_.load(std::memory_order_acquire) >= need; });
+          }
           job_.fn(job_.ctx, t);
           finished_.fetch_add(1, std::memory_order_acq_rel);
           helped_.fetch_add(1, std::memory_order_relaxed);
@@ -410,8 +428,11 @@ class Helper {
         continue;
       }
       pause();
-      if ((spins & 1023) == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::steady_clock::now() - idle_since).count() > kSpinNs) {
+      if ((spins & 255) != 0) continue;
+      const int64_t idle =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - idle_since).count();
+      if (idle > kYieldNs && idle <= kSpinNs) std::this_thread::yield();  // the core to whoever else needs it
+      if (idle > kSpinNs) {
         std::unique_lock<std::mutex> lock(mu_);
         sleeping_.store(true);  // seq_cst with the state load below: a job published meanwhile is seen
         cv_.wait(lock, [&] { return stop_.load() || (state_.load() >> 32) != seen; });

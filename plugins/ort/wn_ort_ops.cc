@@ -34,7 +34,7 @@ const OrtApi* g_api = nullptr;
 
 // Which threads a call uses, by batch size: the helper's pipeline up to `pipeline_max`, the batch split in
 // two from `rows_from` on, the caller alone in between (wn_ort_ops_set_policy; the host sets it per machine).
-std::atomic<int64_t> g_pipeline_max{16}, g_rows_from{1 << 30};
+std::atomic<int64_t> g_pipeline_max{16}, g_rows_from{17};
 
 wn::Split split_for(int64_t B) {
   if (B >= g_rows_from.load(std::memory_order_relaxed) && B > 1) return wn::kRows;
