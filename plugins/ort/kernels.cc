@@ -310,6 +310,17 @@ class Helper {
 
   void ready(int64_t n) { ready_.store(n, std::memory_order_release); }
 
+  // Until tasks 0 … n−1 have finished: the caller runs those the helper has not claimed (they must be ready and
+  // depend on nothing), then waits for the rest.
+  void await(int64_t n) {
+    int64_t t;
+    while ((t = claim(gen_, n)) >= 0) {
+      job_.fn(job_.ctx, t);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wait([&] { return finished_.load(std::memory_order_acquire) >= n; });
+  }
+
   // Runs what the helper has not claimed, waits for the rest, releases the helper.
   void finish() {
     const int64_t T = job_.tasks;
@@ -395,10 +406,11 @@ class Helper {
     if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
   }
 
-  // Claims the next task of job `gen` → its index, or −1 when all are taken (or the job is over).
-  int64_t claim(uint64_t gen) {
+  // Claims the next task of job `gen` below `limit` (default: all) → its index, or −1 when they are taken (or the
+  // job is over).
+  int64_t claim(uint64_t gen, int64_t limit = INT64_MAX) {
     uint64_t s = state_.load(std::memory_order_acquire);
-    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < job_.tasks) {
+    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < std::min(job_.tasks, limit)) {
       if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return static_cast<int64_t>(s & 0xffffffffu);
     }
     return -1;
@@ -466,6 +478,13 @@ void Team::ready(int64_t n) {
   for (; ran_ < std::min(n, job_.tasks); ++ran_) job_.fn(job_.ctx, ran_);  // alone: run them now, in order
 }
 
+void Team::await(int64_t n) {
+  if (helped_)
+    Helper::get().await(n);
+  else
+    ready(n);
+}
+
 void Team::finish() {
   if (done_) return;
   done_ = true;
@@ -483,29 +502,35 @@ int64_t helped_tasks() { return Helper::get().helped_.load(); }
 namespace {
 
 // The sequential part on the calling thread, rows [r0, r1): per layer the gate GEMM over [taps_l | x_l], the
-// gate, then (but the last) the residual GEMM; team.ready(l + 1) once h_l is written.
-void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team) {
+// gate, then (but the last) the residual GEMM. Tasks 0 … L−k0−1 of the team are the past-tap projections of
+// layers k0 … L−1 (into a.pre; ready at once); task L−k0+l may start once h_l is written.
+void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) {
   const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P;
   const int64_t ldh = L * G, ldx = L * R;
   float* X = a.X + r0 * ldx;
   float* H = a.H + r0 * ldh;
   float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
   const float* taps = a.taps + r0 * L * P;
+  const int64_t pre = L - k0;  // layers whose past taps are a task of the team
+  team.ready(pre);
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
     // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
+    // (whichever thread computed the first part, the result is the same bits)
     const Packed w = a.w_gate.matrix(l, G2);
-    const float* gate_in = a.gate_in + r0 * a.gate_ld + l * G2;
-    if (P > 0) {
-      gemm_from(M, 0, G2, taps + l * P, L * P, w.rows(0, P), gate_in, a.gate_ld, acc, G2);
+    if (l >= k0) {
+      team.await(l - k0 + 1);
+      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.pre + r0 * L * G2 + l * G2, L * G2, acc, G2);
+    } else if (P > 0) {
+      gemm_from(M, 0, G2, taps + l * P, L * P, w.rows(0, P), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
       gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
     } else {
-      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), gate_in, a.gate_ld, acc, G2);
+      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
     }
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
-    team.ready(l + 1);
+    team.ready(pre + l + 1);
     if (l + 1 == L) break;
     std::memset(res, 0, M * R * sizeof(float));
     gemm_acc(M, 0, R, h, ldh, a.w_out.matrix(l, R), res, R);
@@ -524,6 +549,24 @@ void init_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
 void skip_layer(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
   gemm_acc(r1 - r0, 0, a.S, a.H + r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S), a.skip + r0 * a.S,
            a.S);
+}
+
+// pre_l = gate_in_l + taps_l · W_past,l for rows [r0, r1)
+void past_taps(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
+  const int64_t G2 = 2 * a.G;
+  gemm_from(r1 - r0, 0, G2, a.taps + r0 * a.L * a.P + l * a.P, a.L * a.P, a.w_gate.matrix(l, G2).rows(0, a.P),
+            a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, a.pre + r0 * a.L * G2 + l * G2, a.L * G2);
+}
+
+// The first layer whose past taps the helper projects in the pipeline: it balances the weights the two threads
+// stream (caller: every layer's current-input rows and residual, the past-tap rows of layers < k0; helper: the
+// skip projections and the past-tap rows of layers ≥ k0; the head's halves are even).
+int64_t helper_from(const LayersArgs& a) {
+  const int64_t G2 = 2 * a.G, p = a.P * G2;
+  if (p == 0 || a.pre == nullptr) return a.L;
+  const int64_t caller = a.L * a.R * G2 + (a.L - 1) * a.G * a.R, helper = a.L * a.G * a.S + a.L * p;
+  const int64_t k = (helper - caller + p) / (2 * p);  // caller + k·p ≈ helper − k·p
+  return std::min(a.L, std::max<int64_t>(2, k));  // layers 0 and 1 on the caller: it needs them first
 }
 
 void scale_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
@@ -568,17 +611,24 @@ void relu_skip(const HeadArgs& a, int64_t r0, int64_t r1) {  // hidden[:, :S] = 
 
 // One step's pipeline job over rows [r0, r1): tasks 0 … L−1 the skip projections (in layer order), L the skip
 // sum's scaling and ReLU, L+1 and L+2 the first 1×1's column halves, L+3 and L+4 the second's.
+// In the pipeline the tasks are: the past-tap projections of layers k0 … L−1 (ready at once), the skip
+// projections 0 … L−1 (in layer order, as the chain writes h_l), then the skip sum's scaling and ReLU, the first
+// 1×1's column halves and the second's.
 struct StepJob {
   const LayersArgs* a;
   const HeadArgs* h;
   Head head;
   int64_t r0, r1;
   bool with_head;
+  int64_t k0;  // helper_from(), or L: no past-tap tasks
 
-  int64_t tasks() const { return a->L + (with_head ? 1 + 2 * kHeadParts : 0); }
+  int64_t pre() const { return a->L - k0; }
+  int64_t tasks() const { return pre() + a->L + (with_head ? 1 + 2 * kHeadParts : 0); }
   static void run(const void* ctx, int64_t t) {
     const StepJob& j = *static_cast<const StepJob*>(ctx);
-    const int64_t L = j.a->L;
+    const int64_t L = j.a->L, n = j.pre();
+    if (t < n) return past_taps(*j.a, j.r0, j.r1, j.k0 + t);
+    t -= n;
     if (t < L) return skip_layer(*j.a, j.r0, j.r1, t);
     if (t == L) {
       scale_skip(*j.a, j.r0, j.r1);
@@ -588,9 +638,11 @@ struct StepJob {
     (k < kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
   }
   static int64_t after(const void* ctx, int64_t t) {
-    const int64_t L = static_cast<const StepJob*>(ctx)->a->L;
-    if (t <= L) return t;                         // the skip sum in layer order, then its finish
-    return t <= L + kHeadParts ? L + 1 : L + 1 + kHeadParts;  // each 1×1 after what it reads
+    const StepJob& j = *static_cast<const StepJob*>(ctx);
+    const int64_t L = j.a->L, n = j.pre();
+    if (t < n) return 0;
+    if (t <= n + L) return t;  // the skip sum in layer order, then its finish
+    return t <= n + L + kHeadParts ? n + L + 1 : n + L + 1 + kHeadParts;  // each 1×1 after what it reads
   }
 };
 
@@ -600,9 +652,9 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
   const HeadArgs none{};
-  const StepJob job{&a, &none, Head(none), r0, r1, false};
+  const StepJob job{&a, &none, Head(none), r0, r1, false, split == kPipeline ? helper_from(a) : a.L};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
-  chain(a, r0, r1, team);
+  chain(a, r0, r1, team, job.k0);
   team.finish();
   scale_skip(a, r0, r1);
 }
@@ -629,9 +681,9 @@ void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
 void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
-  const StepJob job{&a, &h, Head(h), r0, r1, true};
+  const StepJob job{&a, &h, Head(h), r0, r1, true, split == kPipeline ? helper_from(a) : a.L};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
-  chain(a, r0, r1, team);
+  chain(a, r0, r1, team, job.k0);
   team.finish();
 }
 

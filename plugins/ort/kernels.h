@@ -75,6 +75,7 @@ class Team {
   // force: use the helper even while the caller is backing off after a stall (the bench's floor)
   Team(const Job& job, bool help, bool force = false);
   void ready(int64_t n);
+  void await(int64_t n);  // until n tasks have finished (they must be ready and claimed in order)
   void finish();
   ~Team() { finish(); }
 
@@ -105,6 +106,7 @@ struct LayersArgs {
   float* H;          // (B, L·G) scratch: every layer's h
   float* acc;        // (B, 2G) scratch
   float* res;        // (B, R) scratch
+  float* pre;        // (B, L·2G) scratch: gate_in_l + taps_l · W_past,l of the layers the helper precomputes
 };
 
 // Rows [r0, r1) with kAlone or kPipeline.

@@ -141,8 +141,8 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   if (r.steps == 0) return 0;
   thread_local std::vector<float> scratch;
   const int64_t C = m.cond_channels;
-  scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R + S +
-                                          m.H)));
+  scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R +
+                                          L * 2 * G + S + m.H)));
   float* p = scratch.data();
   auto take = [&p](int64_t n) {
     float* q = p;
@@ -151,6 +151,7 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   };
   float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(C > 0 ? B * L * 2 * G : 0), *cond_t = take(B * C);
   float *skip = take(B * S), *X = take(B * L * R), *H = take(B * L * G), *acc = take(B * 2 * G), *res = take(B * R);
+  float* pre = take(B * L * 2 * G);
   float* hidden = take(B * (S + m.H));
   thread_local std::vector<double> cdf;
   cdf.resize(static_cast<size_t>(2 * Q));
@@ -160,7 +161,7 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
             wn::LayersArgs{B, R, G, L, P, S, x0, taps, C > 0 ? gate_in : r.gate_base, C > 0 ? L * 2 * G : r.gate_base_ld,
                            wn::Packed(m.w_gate, P + R, half),
                            wn::Packed(m.w_out, G, half), wn::Packed(m.w_skip, G, half), m.b_skip, m.alpha, m.beta,
-                           static_cast<float>(m.skip_scale), skip, X, H, acc, res},
+                           static_cast<float>(m.skip_scale), skip, X, H, acc, res, pre},
             wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
                          m.head_b2, r.logits, hidden},
             x0, taps, gate_in, cond_t, cdf.data(), {}};

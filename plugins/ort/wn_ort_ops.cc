@@ -163,12 +163,13 @@ struct LayersKernel {
     WN_TRY(output(ctx, 1, dxo, 2, &X));
     if (B == 0) return nullptr;
     thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>(B * (L * G + G2 + R)));
+    scratch.resize(static_cast<size_t>(B * (L * G + G2 + R + L * G2)));
     const bool half = w_gate.half();
     const wn::LayersArgs a{B, R, G, L, P, S, x0.f(), taps.f(), gate_in.f(), rows == 1 ? 0 : L * G2,
                            Packed(w_gate.data, P + R, half), Packed(w_out.data, G, half), Packed(w_skip.data, G, half),
                            b_skip.f(), alpha.data(), beta.data(), skip_scale, skip, X, scratch.data(),
-                           scratch.data() + B * L * G, scratch.data() + B * (L * G + G2)};
+                           scratch.data() + B * L * G, scratch.data() + B * (L * G + G2),
+                           scratch.data() + B * (L * G + G2 + R)};
     const wn::Split split = split_for(B);
     if (split == wn::kRows)
       wn::split_rows(B, [](const void* c, int64_t r0, int64_t r1) {
