@@ -118,12 +118,14 @@ class OrtStepRunner(StepRunner):
       allocations: the row indices of every position come from a precomputed table).
     - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
       so nothing is rebound.
-    - Fused layer chain: a lowered FP32 step graph's residual layers and head run as two nodes of the
-      `wn_ort_ops` custom-op library (`fusion`, `native`; the file on disk is unchanged). Up to
-      batch 16 the ops share the weight streaming with a helper thread (plugins/ort/README.md;
-      `WN_ORT_OPS_THREADS=1` turns it off).
+    - Fused layer chain: a lowered FP32 or w16 step graph's residual layers and head run as two nodes of the
+      `wn_ort_ops` custom-op library (`fusion`, `native`; the file on disk is unchanged), sharing their work
+      with a helper thread (plugins/ort/README.md; `WN_ORT_OPS_THREADS=1` turns it off).
       `fused=None` (default) uses it when the graph matches and the library builds, else the standard
       graph (`self.setup` says which, `self.unfused` why); `True` requires it; `False` never uses it.
+    - Native loop (`generate_block`): with the fused graph, whole blocks of steps run in one call of the
+      library's loop (`native_loop`), with the thread split measured per machine (`policy`);
+      `native_loop=False` keeps the per-step path (`self.no_loop` says why there is none).
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
       reference machine a second, spinning thread gained ~12% at batch 1 and ~25% at batch ≥ 8 only
       while the other core was idle, and lost 2–2.5× at every batch size as soon as another process
@@ -142,6 +144,7 @@ class OrtStepRunner(StepRunner):
         self.native_loop = native_loop  # None: when the fused graph has one; False: never (per-step ONNX Runtime)
         self.loop = None  # the native loop's plan (`native_loop.LoopPlan`), when fused and matched
         self.no_loop = ""
+        self.calibration = None  # with the loop: its per-machine thread split (`policy.Calibration`)
         self.session = None
         self.sessions: dict[int, object] = {}
         self.batch = 0
