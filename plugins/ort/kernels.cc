@@ -266,9 +266,10 @@ void gate(int64_t n, const float* a, const float* b, float* h) {
 // waits for the skip sum). Either way the result does not depend on which thread ran which task
 // (bit-identical to one thread).
 // A helper that is descheduled while it holds a task makes the caller wait for it (spinning, then yielding
-// its core, which the helper may be queued on). After such a wait (> kStallNs) the caller works alone for
-// a while: 32 calls after an isolated stall (a helper woken from sleep, a thread just started), doubling on
-// each stall that follows within kCalmCalls helped calls, up to 4,096 calls when the other core stays busy.
+// its core, which the helper may be queued on). After such a wait (over kStallNs, and over half the time the
+// caller itself spent on the job) the caller works alone for a while: 2 ms after an isolated stall (a helper
+// woken from sleep, a thread just started), doubling on each stall that follows within kCalmNs, up to 256 ms
+// when the other core stays busy. (Measured in time, not calls: a call is 30 µs at batch 1, 1 ms at batch 64.)
 // The helper waits for the next job spinning, yielding its core after kYieldNs (another thread may need it:
 // the caller itself, when both share one core), then sleeps after kSpinNs; its waits inside a job spin, then
 // yield, too. `WN_ORT_OPS_THREADS=1` disables it.
@@ -277,7 +278,7 @@ class Helper {
   static constexpr int64_t kSpinNs = 2'000'000;
   static constexpr int64_t kStallNs = 200'000;
   static constexpr int64_t kYieldNs = 20'000;
-  static constexpr int kSoloMin = 32, kSoloMax = 4096, kCalmCalls = 1000;
+  static constexpr int64_t kSoloMinNs = 2'000'000, kSoloMaxNs = 256'000'000, kCalmNs = 500'000'000;
 
   static Helper& get() {
     static Helper helper;
@@ -288,11 +289,10 @@ class Helper {
   // backing off after a stall, or busy with another caller's job).
   bool begin(const Job& job, bool force) {
     if (!enabled_.load(std::memory_order_relaxed)) return false;
-    if (!force && solo_.load(std::memory_order_relaxed) > 0) {
-      solo_.fetch_sub(1, std::memory_order_relaxed);
-      return false;
-    }
+    const int64_t now = clock_ns();
+    if (!force && now < solo_until_.load(std::memory_order_relaxed)) return false;
     if (busy_.test_and_set(std::memory_order_acquire)) return false;
+    begun_ = now;
     start();
     job_ = job;
     ready_.store(0, std::memory_order_relaxed);
@@ -337,11 +337,11 @@ class Helper {
     wait([&] { return finished_.load(std::memory_order_acquire) >= T; });
     if (forced_) {  // a measurement: leaves the back-off as it was
     } else if (stalled_) {  // the helper was descheduled: work alone a while, longer if it keeps happening
-      solo_.store(backoff_, std::memory_order_relaxed);
-      backoff_ = std::min(2 * backoff_, kSoloMax);
-      calm_ = 0;
-    } else if (++calm_ >= kCalmCalls) {
-      backoff_ = kSoloMin;
+      const int64_t now = clock_ns();
+      if (now - last_stall_ > kCalmNs) backoff_ = kSoloMinNs;
+      solo_until_.store(now + backoff_, std::memory_order_relaxed);
+      backoff_ = std::min(2 * backoff_, kSoloMaxNs);
+      last_stall_ = now;
     }
     busy_.clear(std::memory_order_release);
   }
@@ -371,20 +371,25 @@ class Helper {
 #endif
   }
 
-  // Spins until done(), yielding after kYieldNs; a wait over kStallNs counts as a stall.
+  static int64_t clock_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Spins until done(), yielding after kYieldNs; a wait over kStallNs and over half the caller's own time on the
+  // job so far counts as a stall (a large job's halves may end that far apart without anyone descheduled).
   template <typename Done>
   void wait(Done&& done) {
     if (done()) return;
-    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t t0 = clock_ns(), limit = std::max(kStallNs, (t0 - begun_) / 2);
     for (unsigned spins = 0; !done(); ++spins) {
       if ((spins & 255) != 0) {
         pause();
         continue;
       }
-      const int64_t waited =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+      const int64_t waited = clock_ns() - t0;
       if (waited > kYieldNs) std::this_thread::yield();
-      stalled_ = stalled_ || waited > kStallNs;
+      stalled_ = stalled_ || waited > limit;
     }
   }
 
@@ -454,8 +459,8 @@ class Helper {
     }
   }
 
-  std::atomic<int> solo_{0};  // calls left to work alone
-  int backoff_ = kSoloMin, calm_ = 0;  // the next solo stretch; helped calls since the last stall (under busy_)
+  std::atomic<int64_t> solo_until_{0};  // work alone until then (clock_ns)
+  int64_t backoff_ = kSoloMinNs, last_stall_ = 0, begun_ = 0;  // the next solo stretch (these under busy_)
   bool stalled_ = false, forced_ = false;
   uint64_t gen_ = 0;
   std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
