@@ -9,7 +9,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "ort"
-FILES = ("*.cc", "README.md", "third_party/onnxruntime/*.h", "third_party/onnxruntime/LICENSE")
+FILES = ("*.cc", "*.h", "README.md", "third_party/onnxruntime/*.h", "third_party/onnxruntime/LICENSE")
 
 
 class BuildWithPlugins(build_py):

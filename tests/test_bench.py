@@ -85,10 +85,21 @@ def test_run_bench_reports_every_backend_and_batch(small_export):
         assert ratio is not None and ratio > 0
     base = report.get("step", bench.BASELINE, 1)
     assert report.ratio(base) == pytest.approx(1.0)
+    # the floor of the weights the host streams (this export has no w16 graph), one and two threads, per batch
+    assert {(f.batch, f.weights, f.threads) for f in report.floors} == {(b, "fp32", n) for b in (1, 3) for n in (1, 2)}
+    assert all(f.samples_per_s > 0 and f.p50_samples_per_s > 0 and f.pass_us > 0 for f in report.floors)
+    host = report.get("step", bench.HOST, 1)
+    assert host.weights == "fp32" and "native loop" in host.note
+    assert report.floor(1, "fp32").samples_per_s == max(f.samples_per_s for f in report.floors
+                                                       if (f.batch, f.weights) == (1, "fp32"))
+    assert report.floor_share(host) == pytest.approx(host.samples_per_s / report.floor(1, "fp32").samples_per_s)
+    assert report.floor_share(base) is None  # baselines are not judged against the floor
+    assert report.get("step", "onnxruntime (fused, per step)", 3) is not None  # the Python-per-sample path
     data = json.loads(report.to_json())
     assert data["target"] is None  # not the 30-layer target model
     assert {d["backend"] for d in data["results"]} >= {"onnxruntime", bench.BASELINE}
-    assert all("ratio_vs_baseline" in d for d in data["results"])
+    assert all("ratio_vs_baseline" in d and "floor_share" in d for d in data["results"])
+    assert len(data["floors"]) == len(report.floors)
     from rich.console import Console
 
     console = Console(record=True, width=200)
@@ -109,9 +120,12 @@ def test_bench_without_a_directory_builds_and_measures_the_target(monkeypatch):
     backends = {r.backend for r in report.results}
     assert {"onnxruntime", "onnxruntime (full)"} <= backends
     assert any("exporting" in m for m in seen)
+    assert "onnxruntime (w16)" in backends  # the built target is exported with its 16-bit-weight step graph
     target = report.target()
     assert target is not None and target["goal"] == bench.TARGET_SAMPLES_PER_S
-    assert "target: batch 1 ONNX Runtime" in report.summary()
+    assert target["row"] in ("onnxruntime", "onnxruntime (w16)") and target["fp32_floor_share"] > 0
+    assert "target: batch 1 ONNX Runtime" in report.summary() and "of the fp32 floor" in report.summary()
+    assert "machine: " in report.summary() and "L2" in report.summary()
 
 
 def test_bench_options_are_checked(small_export):
@@ -160,3 +174,17 @@ def test_the_package_row_times_wavenet_vocoder_itself(tmp_path):
     for t in report.tables():
         console.print(t)
     assert bench.PACKAGE in console.export_text()
+
+
+def test_the_floor_keeps_each_configurations_fastest_round():
+    F = bench.Floor
+    measured = [F(1, "fp32", 2, 60.0, 9_000.0, 16_000.0), F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0),
+                F(1, "fp32", 1, 60.0, 16_000.0, 16_500.0), F(1, "w16", 2, 21.0, 40_000.0, 47_000.0),
+                F(8, "fp32", 2, 90.0, 80_000.0, 88_000.0)]
+    best = {(f.batch, f.weights, f.threads): f for f in bench._best_floors(measured)}
+    assert len(best) == 4 and best[1, "fp32", 2].samples_per_s == 30_000.0
+    report = bench.BenchReport({}, "", {}, {}, [], floors=list(best.values()))
+    assert report.floor(1, "fp32").threads == 2 and report.floor(1, "w16").samples_per_s == 40_000.0
+    row = bench.Result("step", bench.HOST, 1, 24_000.0, (20_000.0, 25_000.0), p50_ms=0.04, weights="fp32")
+    assert report.floor_share(row) == pytest.approx(0.8)
+    assert report.floor_share_p50(row) == pytest.approx(25_000.0 / 33_000.0)

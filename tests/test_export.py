@@ -180,6 +180,57 @@ def test_hygiene_rejects_bad_graphs():
     folded = model([helper.make_node("Neg", ["w"], ["nw"]), helper.make_node("MatMul", ["x", "nw"], ["y"])], [w])
     with pytest.raises(ExportError, match="unfolded constant subgraphs at: Neg"):
         check_graph(folded, {"batch"}, "g")
+    # the one exception: a float16 weight widened to float32 (w16 graphs store weights that way) …
+    w16 = numpy_helper.from_array(np.ones((4, 4), np.float16), "w16")
+    widen = helper.make_node("Cast", ["w16"], ["w32"], name="widen", to=TensorProto.FLOAT)
+    assert check_graph(model([widen, helper.make_node("MatMul", ["x", "w32"], ["y"])], [w16]), {"batch"}, "ok")
+    cast32 = helper.make_node("Cast", ["w"], ["w32"], name="cast", to=TensorProto.FLOAT)  # … not any Cast
+    with pytest.raises(ExportError, match="unfolded constant subgraphs at: Cast"):
+        check_graph(model([cast32, helper.make_node("MatMul", ["x", "w32"], ["y"])], [w]), {"batch"}, "g")
+    narrow = helper.make_node("Cast", ["w16"], ["w8"], name="narrow", to=TensorProto.FLOAT16)
+    with pytest.raises(ExportError, match="unfolded constant subgraphs at: Cast"):
+        check_graph(model([narrow, helper.make_node("Cast", ["w8"], ["w32"], to=TensorProto.FLOAT),
+                           helper.make_node("MatMul", ["x", "w32"], ["y"])], [w16]), {"batch"}, "g")
+
+
+@pytest.mark.parametrize("name", ["k3-odd", "conditioned"])
+def test_w16_step_graph_stores_its_weight_matrices_as_float16(tmp_path, checkpoint_factory, name):
+    """`--w16`: step.w16.onnx, precision "w16" in the manifest; every matrix of the weight stream a float16
+    initializer widened by one Cast where it is used; embeddings and biases float32; the function is the FP32
+    graph's up to the weights' rounding."""
+    ckpt = checkpoint_factory(CONFIGS[name])
+    manifest = export_directory(tmp_path / "d", ckpt, w16=True)
+    entry = manifest["graphs"]["step.w16"]
+    assert entry["precision"] == "w16" and entry["file"] == "step.w16.onnx"
+    assert set(manifest["graphs"]) >= {"scoring", "step", "step.w16"} and "scoring.w16" not in manifest["graphs"]
+    assert [(t["name"], t["dtype"]) for t in entry["inputs"]] == [
+        (t["name"], t["dtype"]) for t in manifest["graphs"]["step"]["inputs"]]  # the FP32 step graph's I/O
+    model = onnx.load(str(tmp_path / "d" / "step.w16.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    weights = [n.input[1] for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert weights
+    for w in weights:
+        cast = producers.get(w)
+        assert cast is not None and cast.op_type == "Cast", f"{w} is not widened from float16"
+        assert inits[cast.input[0]].data_type == TensorProto.FLOAT16
+    halves = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    assert halves == {producers[w].input[0] for w in weights}
+    assert inits["embed"].data_type == TensorProto.FLOAT  # gathered one row at a time: stays float32
+    plain = onnx.load(str(tmp_path / "d" / "step.onnx"))
+    plain_inits = {i.name: numpy_helper.to_array(i) for i in plain.graph.initializer}
+    for name16 in halves:
+        assert np.array_equal(numpy_helper.to_array(inits[name16]), plain_inits[name16].astype(np.float16))
+    feeds = {}
+    rng = np.random.default_rng(0)
+    sessions = [ort.InferenceSession(str(tmp_path / "d" / f), providers=["CPUExecutionProvider"])
+                for f in ("step.onnx", "step.w16.onnx")]
+    for i in sessions[0].get_inputs():
+        shape = [2 if isinstance(d, str) else d for d in i.shape]
+        feeds[i.name] = (rng.integers(0, 3, shape) if i.type == "tensor(int64)" else
+                         rng.standard_normal(shape).astype(np.float32))
+    a, b = (s.run(None, feeds)[0] for s in sessions)
+    assert 0 < np.abs(a - b).max() < 0.05 * np.abs(a).max()  # rounded weights: close, not equal
 
 
 def test_export_is_atomic(tmp_path, checkpoint_factory, monkeypatch):

@@ -37,12 +37,15 @@ def session(model: onnx.ModelProto, lib: str | None):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=False):
+def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=False, skip_scale=None):
     """One WaveNetLayers node; w_gate (L, P + R, 2G) holds the past-tap rows, then the current tap's.
-    The weights are given as matrices and stored packed, as the op takes them."""
+    The weights are given as matrices (float32, or float16: 16-bit weights) and stored packed, as the op
+    takes them."""
     L, PR, G2 = w_gate.shape
     P, S = PR - R, w_skip.shape[2]
     attrs = dict(alpha=list(alpha), beta=list(beta)) if L > 1 else {}
+    if skip_scale is not None:
+        attrs["skip_scale"] = float(skip_scale)
     node = helper.make_node(OP, ["x0", "taps", "gate_in", "w_gate", "w_out", "w_skip", "b_skip"], ["skip", "x"],
                             domain=ort_ops.DOMAIN, **attrs)
     f = TensorProto.FLOAT
@@ -56,7 +59,7 @@ def layers_model(w_gate, w_out, w_skip, b_skip, R, alpha, beta, shared_gate_in=F
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.DOMAIN, 1)])
 
 
-def layers_reference(x0, taps, gate_in, w_gate, w_out, w_skip, b_skip, alpha, beta):
+def layers_reference(x0, taps, gate_in, w_gate, w_out, w_skip, b_skip, alpha, beta, skip_scale=1.0):
     """The op's contract (plugins/ort/README.md) in float64 → (skip, x)."""
     L, _, G2 = w_gate.shape
     G = G2 // 2
@@ -71,7 +74,7 @@ def layers_reference(x0, taps, gate_in, w_gate, w_out, w_skip, b_skip, alpha, be
         skip += h @ w_skip[layer].astype(np.float64)
         if layer + 1 < L:
             x = alpha[layer] * (h @ w_out[layer].astype(np.float64)) + beta[layer] * x
-    return skip, np.concatenate(xs, axis=1)
+    return skip * skip_scale, np.concatenate(xs, axis=1)
 
 
 def random_layers(rng, B, R, G, L, K, S, shared=False):
@@ -107,9 +110,9 @@ def test_layers_op_matches_the_float64_contract(lib, B, R, G, L, K, S, shared):
 @pytest.mark.parametrize("op", [OP, HEAD_OP])
 @pytest.mark.parametrize("B", [1, 2, 3, 8, 16, 17])
 def test_the_helper_thread_changes_no_bit(lib, B, op):
-    """With the helper thread (default, batch ≤ 16) and without it the ops return identical bits, call
-    after call: each layer's skip projection has its own slot, summed in layer order; each head column
-    is computed by the same code on either thread."""
+    """With the helper thread (the pipeline up to batch 16, half the streams each from 17 on) and without it the
+    ops return identical bits, call after call: the skip projections accumulate in layer order whichever thread
+    computes them, and each head column or stream is computed by the same code on either thread."""
     import ctypes
     import time
 
@@ -128,15 +131,41 @@ def test_the_helper_thread_changes_no_bit(lib, B, op):
         alone = [sess.run(None, feeds) for feeds in problems]
         native.wn_ort_ops_set_helper(1)
         before, calls, start = native.wn_ort_ops_helped_tasks(), 0, time.monotonic()
-        while calls < 200 or (B <= 16 and native.wn_ort_ops_helped_tasks() == before
+        while calls < 200 or (native.wn_ort_ops_helped_tasks() == before
                               and time.monotonic() - start < 5):
             for a, b in zip(alone[calls % 7], sess.run(None, problems[calls % 7])):
                 assert np.array_equal(a, b)
             calls += 1
         helped = native.wn_ort_ops_helped_tasks() - before
-        assert helped > 0 if B <= 16 else helped == 0  # the helper took part (only up to batch 16)
+        assert helped > 0  # the helper took part: the pipeline up to batch 16, half the streams from 17 on
     finally:
         native.wn_ort_ops_set_helper(1)
+
+
+@pytest.mark.parametrize("B, R, G, L, K, S, shared", [
+    (1, 64, 64, 30, 2, 256, False), (2, 6, 5, 3, 3, 7, False), (5, 13, 20, 4, 2, 9, True), (20, 8, 8, 3, 2, 8, False)])
+def test_layers_op_with_16_bit_weights_matches_the_float64_contract(lib, B, R, G, L, K, S, shared):
+    """float16 weights, float32 arithmetic: the contract evaluated in float64 on the float16 values."""
+    w, alpha, beta, feeds = random_layers(np.random.default_rng(B + R + G + L), B, R, G, L, K, S, shared)
+    half = {k: v.astype(np.float16) for k, v in w.items() if k != "b_skip"}
+    model = layers_model(half["w_gate"], half["w_out"], half["w_skip"], w["b_skip"], R, alpha, beta,
+                         shared_gate_in=shared, skip_scale=0.7)
+    assert {i.data_type for i in model.graph.initializer if i.name != "b_skip"} == {TensorProto.FLOAT16}
+    skip, x = session(model, lib).run(None, feeds)
+    want_skip, want_x = layers_reference(feeds["x0"], feeds["taps"], feeds["gate_in"], half["w_gate"], half["w_out"],
+                                         half["w_skip"], w["b_skip"], alpha, beta, skip_scale=0.7)
+    assert np.abs(skip - want_skip).max() < 1e-5 * max(1.0, np.abs(want_skip).max())
+    assert np.abs(x - want_x).max() < 1e-5 * max(1.0, np.abs(want_x).max())
+
+
+def test_ops_refuse_weights_of_mixed_precision(lib):
+    w, alpha, beta, feeds = random_layers(np.random.default_rng(0), 2, 8, 4, 3, 2, 5)
+    model = layers_model(w["w_gate"].astype(np.float16), w["w_out"], w["w_skip"], w["b_skip"], 8, alpha, beta)
+    with pytest.raises(Exception, match="WaveNetLayers: w_gate, w_out and w_skip must all be float32 or all float16"):
+        session(model, lib).run(None, feeds)
+    w1, b1, w2, b2 = random_head(np.random.default_rng(0), 8, 6, 4)
+    with pytest.raises(Exception, match="WaveNetHead: w1 and w2 must both be float32 or both float16"):
+        session(head_model(w1.astype(np.float16), b1, w2, b2), lib).run(None, {"skip": np.zeros((2, 8), np.float32)})
 
 
 def test_gate_activations_are_accurate_over_the_whole_range(lib):
@@ -183,11 +212,14 @@ def random_head(rng, S, H, Q):
             for shape in ((S, H), (H,), (H, Q), (Q,))]
 
 
+@pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("B, S, H, Q", [(1, 256, 256, 256), (3, 7, 5, 9), (16, 40, 33, 17), (17, 64, 48, 256),
                                         (70, 24, 16, 10), (2, 5, 1, 3)])
-def test_head_op_matches_the_float64_contract(lib, B, S, H, Q):
+def test_head_op_matches_the_float64_contract(lib, B, S, H, Q, half):
     rng = np.random.default_rng(B + S + H + Q)
     w1, b1, w2, b2 = random_head(rng, S, H, Q)
+    if half:  # 16-bit weights: the contract on the float16 values
+        w1, w2 = w1.astype(np.float16), w2.astype(np.float16)
     skip = rng.standard_normal((B, S)).astype(np.float32)
     (out,) = session(head_model(w1, b1, w2, b2), lib).run(None, {"skip": skip})
     f = lambda a: a.astype(np.float64)  # noqa: E731
@@ -215,7 +247,7 @@ def exports(tmp_path_factory):
         if not ckpt.exists():
             save_checkpoint(random_model(CONFIGS[name], seed=5), ckpt)
         out[name, layout] = root / f"{name}-{layout}"
-        export_directory(out[name, layout], ckpt, layout=layout, fp16=True)
+        export_directory(out[name, layout], ckpt, layout=layout, fp16=True, w16=layout == "ring")
     return out
 
 
@@ -231,11 +263,16 @@ def random_feeds(sess, batch: int, seed: int = 0):
     return feeds
 
 
+@pytest.mark.parametrize("graph", ["step", "step.w16"])
 @pytest.mark.parametrize("name, layout", FUSED_EXPORTS)
-def test_fusion_replaces_the_layer_chain_and_computes_the_same_step(exports, lib, name, layout):
-    lowered = onnx.load(str(exports[name, layout] / "step.onnx"))
+def test_fusion_replaces_the_layer_chain_and_computes_the_same_step(exports, lib, name, layout, graph):
+    """The fused session computes what the standard session of the same graph computes: for step.w16 both use
+    the float16 weights (the standard one widens them once, the fused ops as they stream them)."""
+    lowered = onnx.load(str(exports[name, layout] / f"{graph}.onnx"))
     fused = fuse_layers(lowered)
     assert fused is not None
+    packed = {i.name: i.data_type for i in fused.graph.initializer if i.name.startswith("wn_fused.w_")}
+    assert set(packed.values()) == {TensorProto.FLOAT16 if graph == "step.w16" else TensorProto.FLOAT}
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count(OP) == 1 and ops.count(HEAD_OP) == 1
     assert not {"Tanh", "Sigmoid", "Split", "MatMul", "Transpose", "Relu"} & set(ops)
@@ -312,7 +349,7 @@ def test_a_failing_compile_names_the_error_and_leaves_no_library(fresh_build, mo
     plugins = fresh_build / "plugins" / "ort"
     (plugins / "third_party" / "onnxruntime").mkdir(parents=True)
     src = ort_ops.plugin_dir()
-    for name in ort_ops.SOURCES:
+    for name in (*ort_ops.SOURCES, *ort_ops.HEADERS):
         (plugins / name).write_text((src / name).read_text())
     header = "third_party/onnxruntime/onnxruntime_c_api.h"
     (plugins / header).write_text((src / header).read_text())

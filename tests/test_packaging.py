@@ -86,7 +86,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_the_native_sources_and_no_top_level_cli(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("wn_ort_ops.cc", "sampler.cc", "third_party/onnxruntime/onnxruntime_c_api.h"):
+    from wn_export.backends.onnxruntime.native import HEADERS, SOURCES
+
+    for name in (*SOURCES, *HEADERS, "third_party/onnxruntime/onnxruntime_c_api.h"):
         assert f"wn_export/_plugins/ort/{name}" in names
     assert "cli.py" not in names and "wn_export/cli.py" in names  # no top-level `cli` module in site-packages
     assert "wn_export/inspect.py" not in names  # no module shadowing the standard library's name

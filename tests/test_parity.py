@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     for name in ("k3-odd", "conditioned"):
         ckpt = root / f"{name}.safetensors"
         save_checkpoint(random_model(CONFIGS[name]), ckpt)
-        export_directory(root / name, ckpt, fp16=True)
+        export_directory(root / name, ckpt, fp16=True, w16=True)
         out[name] = root / name
     return out
 
@@ -45,6 +45,10 @@ def test_parity_passes_on_random_configs(exported, name):
                 ("step/generation", graph)} <= names
     gen32 = next(c for c in report.checks if c.name == "step/generation" and c.graph == "step")
     assert gen32.metrics["first_divergence"] == -1 and gen32.metrics["samples"] == 2000
+    w16 = {c.name: c for c in report.checks if c.graph == "step.w16"}  # judged by its own row of TOLERANCES
+    assert {"step/speech/b2/vs-reference", "step/random/b3/vs-reference", "step/generation"} <= set(w16)
+    assert all(c.precision == "w16" for c in w16.values())
+    assert 0 < w16["step/random/b3/vs-reference"].metrics["max_abs"] <= TOLERANCES["w16"].max_abs
     if name == "conditioned":
         assert ("upsample/random/b3", "upsample") in names
     data = json.loads(report.to_json())

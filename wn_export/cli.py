@@ -178,17 +178,19 @@ def info(checkpoint: Path | None):
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Export directory (created; files inside are replaced atomically).")
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 graphs.")
+@click.option("--w16", is_flag=True, help="Also write step.w16.onnx: FP32 compute with 16-bit (float16) weights.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @click.option("--state-layout", type=click.Choice(["ring", "full"]), default="ring", show_default=True,
               help="Step-graph state layout (README: 'State layout').")
 @click.option("--fused-step", is_flag=True,
               help="Also write step.fused[.fp16].onnx: one TensorRT plugin node running the fused step kernel "
                    "(needs triton; ONNX Runtime cannot run it).")
-def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, opset: int, state_layout: str, fused_step: bool):
-    """Export the scoring and step graphs (and FP16 variants) with their manifest."""
+def onnx(checkpoint: Path | None, out_dir: Path, fp16: bool, w16: bool, opset: int, state_layout: str,
+         fused_step: bool):
+    """Export the scoring and step graphs (and FP16 / 16-bit-weight variants) with their manifest."""
     from wn_export.export.pipeline import export_directory
 
-    manifest = export_directory(out_dir, checkpoint, fp16=fp16, opset=opset, layout=state_layout,
+    manifest = export_directory(out_dir, checkpoint, fp16=fp16, w16=w16, opset=opset, layout=state_layout,
                                 fused_step=fused_step, progress=lambda msg: click.echo(msg, err=True))
     for name, g in manifest["graphs"].items():
         click.echo(f"{out_dir / g['file']}  {g['precision']}  {g['nodes']} nodes")
@@ -292,7 +294,8 @@ def demo(checkpoint: Path | None, out_dir: Path, samples: int, seed: int):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling uniforms (SplitMix64).")
 @click.option("--method", default="sample", show_default=True, help="sample | greedy.")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature (> 0).")
-@click.option("--precision", default="fp32", show_default=True, help="Step graph: fp32 | fp16.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Step graph: fp32 | fp16 | w16 (FP32 compute, 16-bit weights; exported with --w16).")
 @click.option("--cond", "cond_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Local conditioning: .npy of frame-rate features (C, frames) or (batch, C, frames).")
 @click.option("--speaker", default=None, help="Global conditioning: a speaker id, or one per stream (1,4,…).")
@@ -356,7 +359,7 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
         report = run_bench(directory, batches=batch_sizes, seconds=seconds, rounds=rounds,
                            threads=threads, layouts=layout_names, scoring=not no_scoring,
                            progress=status.update)
-    out = Console(width=160)
+    out = Console(width=220)
     out.print(report.summary())
     for table in report.tables():
         out.print(table)

@@ -53,6 +53,18 @@ class StepRunner(Runner):
     @abstractmethod
     def step(self, token: np.ndarray, cond_t: np.ndarray | None = None) -> np.ndarray: ...
 
+    def generate_block(self, first: np.ndarray, out: np.ndarray, u: np.ndarray | None = None,
+                       temperature: float = 1.0, cond: np.ndarray | None = None,
+                       step_ns: np.ndarray | None = None) -> bool:
+        """Optional fast path of categorical token models: len(out) steps in one call, with no Python per
+        sample → True; False when the runner has none (the loop then calls `step` per sample). first (B,)
+        int64 is the first step's input, out (steps, B) int64 receives the drawn tokens (each the next
+        step's input), u (steps, B) float64 the uniforms of `reference_model.sampling` (None: greedy), cond
+        (B, C, ≥ steps) the per-sample conditioning; the streams' state and position advance as `step`'s
+        would, and the draws are those of `reference_model.sampling.draw`. step_ns (steps,) int64, if
+        given, receives each step's wall time."""
+        return False
+
     def teacher_force(self, tokens: np.ndarray, cond: np.ndarray | None = None,
                       speaker: np.ndarray | None = None) -> np.ndarray:
         """Feed the given tokens (B, T) one step at a time → logits (B, T, Q) float64."""

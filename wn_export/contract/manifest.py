@@ -377,7 +377,7 @@ def read_manifest(directory, verify: bool = True) -> Manifest:
 
 
 # the state dtype each graph precision declares (the FP16 policy's, `export/precision.py`, without torch)
-_STATE_DTYPES = {"fp32": "float32", "fp16": "float16"}
+_STATE_DTYPES = {"fp32": "float32", "fp16": "float16", "w16": "float32"}
 
 
 def _check_contract(cfg, graph: GraphRecord, path: Path) -> None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # the contract imports no torch: hosts read it with ONNX Runt
 
 LAYOUTS = ("ring", "full")
 GRAPH_KINDS = ("scoring", "step", "upsample")
-PRECISION_NAMES = ("fp32", "fp16")
+PRECISION_NAMES = ("fp32", "fp16", "w16")
 
 
 class Role(str, Enum):

@@ -5,7 +5,8 @@
    graph's named dynamic dims (batch, time, frames…). Uses ONNX Runtime's symbolic shape inference
    when available (it names derived dims like `time + 1023`), else ONNX's.
 3. Only ops the TensorRT ONNX parser supports (`TRT_OPS`, from onnx-tensorrt's operator list).
-4. Constants folded: no node other than `Constant` has only constant inputs.
+4. Constants folded: no node other than `Constant` has only constant inputs (except the `Cast` that widens a
+   float16 weight of a w16 graph to float32: the stored form of 16-bit weights, see `precision`).
 5. No unused initializers.
 6. Every floating-point initializer and constant is finite in its own dtype (a float32 weight of 1e5
    is inf once the FP16 policy casts it).
@@ -114,8 +115,13 @@ def _constant_names(model: onnx.ModelProto) -> set[str]:
 
 def _foldable(model: onnx.ModelProto) -> list[str]:
     constants = _constant_names(model)
+    half = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    def widening(n) -> bool:
+        return (n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in half
+                and {a.name: a.i for a in n.attribute}.get("to") == onnx.TensorProto.FLOAT)
+
     bad = [f"{n.op_type} {n.name}" for n in model.graph.node
-           if n.op_type != "Constant" and n.input and all(i in constants or i == "" for i in n.input)]
+           if n.op_type != "Constant" and not widening(n) and n.input and all(i in constants or i == "" for i in n.input)]
     return [f"unfolded constant subgraphs at: {', '.join(bad[:5])}"] if bad else []
 
 

@@ -524,8 +524,8 @@ def _emit_skip_and_head(b: _Builder, hs: list, plan: dict) -> None:
 
 def lower_step_graph(model: onnx.ModelProto, spec, cfg) -> onnx.ModelProto:
     """Traced FP32 step graph → the lowered graph with the same I/O. Raises `NoMatch`."""
-    if spec.kind != "step" or spec.precision != "fp32":
-        fail(f"only FP32 step graphs are lowered (got {spec.name})")
+    if spec.kind != "step" or spec.precision not in ("fp32", "w16"):
+        fail(f"only FP32 (and w16) step graphs are lowered (got {spec.name})")
     return _emit(model, _match(model, spec, cfg), spec, cfg)
 
 
@@ -545,7 +545,7 @@ def lower_pass(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
         graph.metadata_props.append(onnx.StringStringEntryProto(key="wn_export.lowering", value=text))
         return graph
 
-    if wrapper.precision.name != "fp32":
+    if wrapper.precision.compute != torch.float32:
         return note("not lowered: FP16 graphs keep the traced form")
     try:
         lowered = lower_step_graph(graph, wrapper.spec, wrapper.cfg)

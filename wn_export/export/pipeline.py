@@ -28,7 +28,7 @@ from wn_export.contract.specs import LAYOUTS, graph_name
 from wn_export.errors import ExportError
 from wn_export.export.hygiene import check_graph
 from wn_export.export.lowering import lower_pass
-from wn_export.export.precision import FP16, FP32
+from wn_export.export.precision import FP16, FP32, W16, weights16_pass
 from wn_export.export.wrappers import build_graph, example_inputs
 
 DEFAULT_OPSET = 17
@@ -113,7 +113,7 @@ def _check_io(graph: onnx.ModelProto, wrapper) -> onnx.ModelProto:
 
 # The passes every traced graph goes through, in order: `pass(graph, wrapper) → graph`. Hygiene
 # (`hygiene.check_graph`) then proves the result before it is written.
-PASSES = (_alias_duplicate_initializers, lower_pass, _name, _check_io, _stamp_shapes)
+PASSES = (_alias_duplicate_initializers, lower_pass, weights16_pass, _name, _check_io, _stamp_shapes)
 
 
 def export_fused_step(model: WaveNet, precision, path: Path, opset: int = DEFAULT_OPSET) -> dict:
@@ -126,7 +126,7 @@ def export_fused_step(model: WaveNet, precision, path: Path, opset: int = DEFAUL
     return graph_entry(spec, path.name, sha256(path), stats["nodes"], kernel)
 
 
-def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False,
+def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: bool = False, w16: bool = False,
                      opset: int = DEFAULT_OPSET, layout: str = "ring", fused_step: bool = False,
                      progress: Callable[[str], None] | None = None) -> dict:
     """Export every graph of a checkpoint into `out_dir`; returns the manifest dict. `fused_step`: also
@@ -148,6 +148,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     jobs = [("scoring", FP32, None), ("step", FP32, None)]  # (kind, precision, variant)
     if fp16:
         jobs += [("scoring", FP16, None), ("step", FP16, None)]
+    if w16:  # fp32 compute, 16-bit weights: a step-graph precision (the weight stream of generation)
+        jobs.append(("step", W16, None))
     if model.cfg.local:
         jobs.append(("upsample", FP32, None))
     if fused_step:

@@ -35,6 +35,7 @@ class FeedbackRule:
     bind: Callable[[np.ndarray | None, int, int], Callable[[np.ndarray, int], np.ndarray]]
     # bind(runner logits buffer, start, size) → draw(step output, i) for steps start … start+size−1
     to_feed: Callable[[np.ndarray], np.ndarray] | None = None  # recorded value → next input (None: itself)
+    native: dict | None = None  # token models: what a runner's `generate_block` needs (seed, method, temperature)
 
 
 def feedback_rule(cfg, batch: int, *, seed: int, method: str, temperature: float) -> FeedbackRule:
@@ -55,24 +56,28 @@ def feedback_rule(cfg, batch: int, *, seed: int, method: str, temperature: float
         decode = ((lambda q: (2.0 * q / (Q - 1) - 1.0).astype(np.float32)) if cfg.scalar_mulaw
                   else (lambda q: mulaw_decode(q, Q)))
         return FeedbackRule(np.zeros(batch, np.float32), np.int64, bind_tokens, decode)
-    return FeedbackRule(np.full(batch, Q // 2, np.int64), np.int64, bind_tokens)
+    return FeedbackRule(np.full(batch, Q // 2, np.int64), np.int64, bind_tokens,
+                        native=dict(seed=seed, method=method, temperature=temperature))
 
 
 class StepLoop:
-    """`reset()`, then `step()` per sample (or `chunks(n)`): the runner's step, the draw, the feedback.
+    """`reset()`, then `step()` per sample, or `advance(k)` / `chunks(n)` per block: the runner's step, the draw,
+    the feedback. A runner with a native block path (`StepRunner.generate_block`: the ONNX Runtime host's
+    fused graph) runs whole blocks of a token model's steps in one call; the draws are the same.
 
     cond: per-sample conditioning (batch, C, ≥ samples) when the model has local conditioning; speaker:
     (batch,) ids for global conditioning. Uniforms are generated per window of `window` steps."""
 
     def __init__(self, runner: StepRunner, batch: int, cfg, *, seed: int = 0, method: str = "sample",
                  temperature: float = 1.0, cond: np.ndarray | None = None, speaker: np.ndarray | None = None,
-                 window: int = 4000):
+                 window: int = 4000, block: bool = True):
         if batch < 1 or window < 1:
             raise InputError(f"need at least one stream and a window of one step (got {batch}, {window})")
         if cond is not None and (cond.ndim != 3 or cond.shape[0] != batch):
             raise InputError(f"conditioning must be (batch={batch}, channels, samples), got {cond.shape}")
         self.runner, self.batch, self.cond, self.speaker, self.window = runner, batch, cond, speaker, window
         self.rule = feedback_rule(cfg, batch, seed=seed, method=method, temperature=temperature)
+        self.block = block and self.rule.native is not None  # try the runner's block path
         self.t = 0
 
     def reset(self) -> None:
@@ -96,6 +101,22 @@ class StepLoop:
         self.t = t + 1
         return value
 
+    def advance(self, k: int, out: np.ndarray | None = None, step_ns: np.ndarray | None = None) -> np.ndarray:
+        """k samples of every stream → (k, batch) recorded values (into `out` if given): one native call when
+        the runner has a block path, else k `step()`s. step_ns (k,) receives per-step wall times (block path)."""
+        rows = np.empty((k, self.batch), dtype=self.rule.dtype) if out is None else out
+        if self.block and k > 0:
+            native, t = self.rule.native, self.t
+            u = uniforms(native["seed"], k, self.batch, start=t) if native["method"] == "sample" else None
+            cond = None if self.cond is None else self.cond[:, :, t:t + k]
+            if self.runner.generate_block(self.feed, rows, u, native["temperature"], cond, step_ns):
+                self.feed, self.t = rows[-1].copy(), t + k
+                return rows
+            self.block = False  # the runner has no block path: step by step from now on
+        for i in range(k):
+            rows[i] = self.step()
+        return rows
+
     def chunks(self, n: int, chunk: int = 4000,
                progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
         """From a reset, yield (batch, ≤ chunk) arrays until n samples per stream; `progress(done)`."""
@@ -105,11 +126,8 @@ class StepLoop:
             raise InputError(f"conditioning covers {self.cond.shape[2]} samples, fewer than the {n} requested")
         self.window = min(self.window, chunk)
         self.reset()
-        step = self.step
         while self.t < n:
-            rows = np.empty((min(chunk, n - self.t), self.batch), dtype=self.rule.dtype)
-            for i in range(rows.shape[0]):
-                rows[i] = step()
+            rows = self.advance(min(chunk, n - self.t))
             if progress:
                 progress(self.t)
             yield rows.T.copy()

@@ -1,7 +1,8 @@
 """The native library of the ONNX Runtime host, `wn_ort_ops` (plugins/ort/): located, compiled once, cached.
 
-It holds the custom ops `wn_export.WaveNetLayers` / `WaveNetHead` (wn_ort_ops.cc; see `fusion`) and the host's
-categorical sampler `wn_sample` (sampler.cc; see `generation.sampler.Sampler`).
+It holds the custom ops `wn_export.WaveNetLayers` / `WaveNetHead` (wn_ort_ops.cc; see `fusion`), the kernels they
+share with the native generation loop (kernels.cc, loop.cc; see `native_loop`), the host's categorical sampler
+`wn_sample` (sampler.cc; see `generation.sampler.Sampler`) and the bench's weight-streaming floor (floor.cc).
 
 The library is compiled on first use for the machine it runs on (`-O3 -march=native`: the kernels are
 small GEMMs whose speed depends on the host's vector units), like a JIT extension. The build is keyed
@@ -27,7 +28,8 @@ from pathlib import Path
 from reference_model.atomic import atomic_write_bytes
 from wn_export.errors import BackendError
 
-SOURCES = ("wn_ort_ops.cc", "sampler.cc")
+SOURCES = ("wn_ort_ops.cc", "kernels.cc", "sampler.cc", "loop.cc", "floor.cc")
+HEADERS = ("kernels.h",)
 LIB_NAME = "libwn_ort_ops.so"
 DOMAIN = "wn_export"
 FLAGS = ["-O3", "-std=gnu++17", "-ffp-contract=fast", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread"]
@@ -62,7 +64,7 @@ def _compiler() -> str:
 
 def _key(cxx: str, srcs: list[Path], flags: list[str]) -> str:
     h = hashlib.sha256()
-    for src in srcs:
+    for src in [*srcs, *(srcs[0].parent / name for name in HEADERS)]:
         h.update(src.read_bytes())
     h.update((srcs[0].parent / "third_party" / "onnxruntime" / "onnxruntime_c_api.h").read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
@@ -86,7 +88,7 @@ def library(progress=None) -> Path:
     srcs = [plugin_dir() / name for name in SOURCES]
     if str(srcs[0]) in _cache:
         return _cache[str(srcs[0])]
-    missing = [str(s) for s in srcs if not s.is_file()]
+    missing = [str(s) for s in [*srcs, *(plugin_dir() / name for name in HEADERS)] if not s.is_file()]
     if missing:
         raise BackendError(f"the native ONNX Runtime host sources {', '.join(missing)} are missing (they ship "
                            "in the source tree and the wheel; set WN_EXPORT_PLUGINS to a plugins/ directory)")

@@ -121,12 +121,14 @@ class OrtStepRunner(StepRunner):
       allocations: the row indices of every position come from a precomputed table).
     - `replace` state: two bindings (even/odd steps) over two buffer sets; the step alternates them,
       so nothing is rebound.
-    - Fused layer chain: a lowered FP32 step graph's residual layers and head run as two nodes of the
-      `wn_ort_ops` custom-op library (`fusion`, `native`; the file on disk is unchanged). Up to
-      batch 16 the ops share the weight streaming with a helper thread (plugins/ort/README.md;
-      `WN_ORT_OPS_THREADS=1` turns it off).
+    - Fused layer chain: a lowered FP32 or w16 step graph's residual layers and head run as two nodes of the
+      `wn_ort_ops` custom-op library (`fusion`, `native`; the file on disk is unchanged), sharing their work
+      with a helper thread (plugins/ort/README.md; `WN_ORT_OPS_THREADS=1` turns it off).
       `fused=None` (default) uses it when the graph matches and the library builds, else the standard
       graph (`self.setup` says which, `self.unfused` why); `True` requires it; `False` never uses it.
+    - Native loop (`generate_block`): with the fused graph, whole blocks of steps run in one call of the
+      library's loop (`native_loop`), with the thread split measured per machine (`policy`);
+      `native_loop=False` keeps the per-step path (`self.no_loop` says why there is none).
     - Threads: one intra-op thread by default, at every batch size (`threads` overrides). On the 2-core
       reference machine a second, spinning thread gained ~12% at batch 1 and ~25% at batch ≥ 8 only
       while the other core was idle, and lost 2–2.5× at every batch size as soon as another process
@@ -137,11 +139,15 @@ class OrtStepRunner(StepRunner):
     TABLE_LIMIT = 1 << 20  # ring index table entries (positions × layers) precomputed at most
 
     def __init__(self, manifest: Manifest, graph: str = "step", threads: int | None = None,
-                 spinning: bool | None = None, fused: bool | None = None):
+                 spinning: bool | None = None, fused: bool | None = None, native_loop: bool | None = None):
         self.graph = manifest.graph(graph)
         self.threads = threads
         self.spinning = spinning
         self.fused = fused
+        self.native_loop = native_loop  # None: when the fused graph has one; False: never (per-step ONNX Runtime)
+        self.loop = None  # the native loop's plan (`native_loop.LoopPlan`), when fused and matched
+        self.no_loop = ""
+        self.calibration = None  # with the loop: its per-machine thread split (`policy.Calibration`)
         self.session = None
         self.sessions: dict[int, object] = {}
         self.batch = 0
@@ -160,25 +166,40 @@ class OrtStepRunner(StepRunner):
         return self._fusion is not None
 
     def _fuse(self):
-        """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why)."""
+        """(model bytes, op library) of the fused layer chain, or None (standard graph; `unfused` says why).
+        Also plans the native loop (`self.loop`, or None and `self.no_loop` says why)."""
         import onnx
 
-        from wn_export.backends.onnxruntime.fusion import try_fuse
+        from wn_export.backends.onnxruntime import policy
+        from wn_export.backends.onnxruntime.fusion import fuse
         from wn_export.backends.onnxruntime.native import available
+        from wn_export.export.graph_match import NoMatch
 
-        fused, why = try_fuse(onnx.load(str(self.graph.path)))
-        lib = None
-        if fused is None:
-            why = (f"{self.graph.path.name} has no fusable layer chain (lowered FP32 step graphs with the ring "
-                   f"state layout have one; here: {why})")
-        else:
+        lib, why, fused = None, "", None
+        try:
+            fused, chain = fuse(onnx.load(str(self.graph.path)))
+        except NoMatch as e:
+            why = (f"{self.graph.path.name} has no fusable layer chain (lowered FP32 or w16 step graphs with the ring "
+                   f"state layout have one; here: {e})")
+        if fused is not None:
             lib, why = available()
         if lib is None:
             if self.fused:
                 raise BackendError(f"fused ONNX Runtime layers unavailable: {why}")
             self.unfused = why
             return None
-        self.setup = "fused layer chain and head (wn_ort_ops, helper thread at batch ≤ 16)"
+        if self.native_loop is not False:
+            from wn_export.backends.onnxruntime.native_loop import plan_loop
+
+            try:
+                self.loop = plan_loop(fused, chain, self.graph, str(lib))
+            except NoMatch as e:
+                self.no_loop = f"no native loop for this graph ({e})"
+        weights = "16-bit weights" if chain.half else "fp32 weights"
+        self.setup = (f"fused layer chain and head ({weights}), "
+                      + ("native loop" if self.loop is not None else "ONNX Runtime per step"))
+        policy.apply(str(lib))
+        self.calibration = None if self.loop is None else policy.Calibration(self.loop, str(lib))
         return fused.SerializeToString(), str(lib)
 
     def deactivate(self):
@@ -247,6 +268,7 @@ class OrtStepRunner(StepRunner):
                 binding.bind_ortvalue_output(name_out, self._value(dst))
             self.bindings.append(binding)
         self.binding = self.bindings[0]
+        self._gate_base = None if self.loop is None else self.loop.gate_base(self.batch, speaker)
         # the C++ entry point, without the Python wrapper's frame (private API: fall back if it moves)
         fast = hasattr(self.session, "_sess") and all(hasattr(b, "_iobinding") for b in self.bindings)
         self._run = self.session._sess.run_with_iobinding if fast else None
@@ -293,6 +315,17 @@ class OrtStepRunner(StepRunner):
                     buf[keep] = old[name][rows[keep]]
         self.position = position
 
+    def generate_block(self, first, out, u=None, temperature=1.0, cond=None, step_ns=None) -> bool:
+        """len(out) steps in one native call (the fused graph's native loop: no Python per sample) → True, or
+        False when this runner has none (see `StepRunner.generate_block`)."""
+        if self.loop is None or len(self.rings) != 1 or out.ndim != 2 or out.shape[1] != self.batch:
+            return False
+        self.loop.run(state=self.rings[0].array, position=self.position, first=np.ascontiguousarray(first, np.int64),
+                      out=out, gate_base=self._gate_base, u=u, temperature=temperature, cond=cond, logits=self.logits,
+                      split=self.calibration.split(self.batch), step_ns=step_ns)
+        self.position += out.shape[0]
+        return True
+
 
 class _Ring:
     """Writes a step's update rows (batch, L, R) into a packed ring state (batch, ΣN, R).
@@ -305,6 +338,7 @@ class _Ring:
 
     def __init__(self, state: np.ndarray, update: np.ndarray, rings: tuple[tuple[int, int], ...], table_limit: int):
         B, N, R = state.shape
+        self.array = state  # (B, ΣN, R)
         row = np.dtype((np.void, R * state.itemsize))
         self.state = state.reshape(B * N, R).view(row).reshape(B * N)
         self.update = update.reshape(-1, R).view(row).reshape(-1)

@@ -1,0 +1,717 @@
+// The compute kernels of libwn_ort_ops: packed-panel GEMMs over float32 or fp16 weights, the gate, the
+// helper thread, and the layer chain and head that the ONNX Runtime ops and the native loop both run.
+// Contract: plugins/ort/README.md.
+#include "kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace wn {
+namespace {
+
+// ---- vectors -----------------------------------------------------------------------------------------
+// VW floats per vector: 16 with AVX-512 (one vector per panel row), else 8. fp16 weights are converted as
+// they are loaded (F16C's vcvtph2ps), exactly: every fp16 value is a float32 value.
+#if defined(__AVX512F__)
+constexpr int VW = 16;
+typedef float vf __attribute__((vector_size(64)));
+inline vf load_half(const uint16_t* p) {
+  return reinterpret_cast<vf>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
+#define WN_VREG "+v"
+#else
+constexpr int VW = 8;
+typedef float vf __attribute__((vector_size(32)));
+#if defined(__F16C__) && defined(__AVX__)
+inline vf load_half(const uint16_t* p) {
+  return reinterpret_cast<vf>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#define WN_VREG "+x"
+#else
+inline vf load_half(const uint16_t* p) {
+  vf v;
+  for (int i = 0; i < VW; ++i) v[i] = half_to_float(p[i]);
+  return v;
+}
+#endif
+#endif
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vf load(const uint16_t* p) { return load_half(p); }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) {
+#if defined(__AVX512F__)
+  return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#else
+  return vf{x, x, x, x, x, x, x, x};
+#endif
+}
+inline float scalar(float w) { return w; }
+inline float scalar(uint16_t w) { return half_to_float(w); }
+
+// ---- GEMM ----------------------------------------------------------------------------------------------
+// One GEMM: C[rows × columns] = C0 + A[rows × K] · W[K × columns] (W packed; C0 may be C itself, and its row
+// stride ld0 may be 0: one row shared by every row of C).
+template <typename T>
+struct Gemm {
+  const float* A;
+  int64_t lda;
+  const T* W;
+  int64_t K, stride;
+  const float* C0;
+  int64_t ld0;
+  float* C;
+  int64_t ldc;
+
+  Gemm from_row(int64_t m) const {
+    Gemm g = *this;
+    g.A += m * lda;
+    g.C0 += m * ld0;
+    g.C += m * ldc;
+    return g;
+  }
+  const T* column(int64_t c) const { return W + (c / kPanel) * stride + c % kPanel; }
+};
+
+// Rows 0 … MR − 1, columns n … n + NV·VW: MR·NV accumulators in registers. With several rows each weight vector
+// is loaded (and converted) once per k; the empty asm keeps the compiler from re-reading it as a memory operand
+// of every row's FMA.
+template <int MR, int NV, typename T>
+inline void kernel(const Gemm<T>& g, int64_t n) {
+  const T* w0[NV];
+  for (int v = 0; v < NV; ++v) w0[v] = g.column(n + VW * v);
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(g.C0 + r * g.ld0 + n + VW * v);
+  const float* A = g.A;
+  for (int64_t k = 0; k < g.K; ++k) {
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) {
+      w[v] = load(w0[v] + k * kPanel);
+#ifdef WN_VREG
+      if (MR > 1) asm("" : WN_VREG(w[v]));
+#endif
+    }
+    for (int r = 0; r < MR; ++r) {
+      const vf a = splat(A[r * g.lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(g.C + r * g.ldc + n + VW * v, acc[r][v]);
+}
+
+// Columns [n, N) of MR rows: blocks of NV vectors, then NV/2 …, then one, then a scalar tail.
+template <int MR, int NV, typename T>
+void columns(const Gemm<T>& g, int64_t n, int64_t N) {
+  for (; n + NV * VW <= N; n += NV * VW) kernel<MR, NV>(g, n);
+  if constexpr (NV > 1) {
+    columns<MR, NV / 2>(g, n, N);
+  } else {
+    for (; n < N; ++n) {
+      const T* w = g.column(n);
+      for (int r = 0; r < MR; ++r) {
+        float s = g.C0[r * g.ld0 + n];
+        for (int64_t k = 0; k < g.K; ++k) s += g.A[r * g.lda + k] * scalar(w[k * kPanel]);  // an FMA, as the vectors
+        g.C[r * g.ldc + n] = s;
+      }
+    }
+  }
+}
+
+// Up to kBigRows − 1 rows over columns [n, N), as many accumulators as the registers hold (one row needs 8
+// independent ones to hide the FMA latency).
+template <typename T>
+void few_rows(int MR, const Gemm<T>& g, int64_t n, int64_t N) {
+#if defined(__AVX512F__)  // 32 vector registers
+  switch (MR) {
+    case 1: return columns<1, 8>(g, n, N);
+    case 2: return columns<2, 8>(g, n, N);
+    case 3: return columns<3, 4>(g, n, N);
+    case 4: return columns<4, 4>(g, n, N);
+    case 5: return columns<5, 4>(g, n, N);
+    case 6: return columns<6, 2>(g, n, N);
+    case 7: return columns<7, 2>(g, n, N);
+    default: return;
+  }
+#else  // 16
+  switch (MR) {
+    case 1: return columns<1, 8>(g, n, N);
+    case 2: return columns<2, 4>(g, n, N);
+    case 3: return columns<3, 2>(g, n, N);
+    case 4: return columns<4, 2>(g, n, N);
+    case 5: return columns<5, 2>(g, n, N);
+    default: return;
+  }
+#endif
+}
+
+#if defined(__AVX512F__)
+constexpr int kBigRows = 8, kBigVectors = 3;  // 8 × 48 blocks: 24 accumulators; 8 rows divide the usual batches
+#else
+constexpr int kBigRows = 6, kBigVectors = 2;  // 6 × 16 blocks: 12 accumulators
+#endif
+constexpr int64_t kStrip = kBigVectors * VW;  // a multiple of the panel width
+
+template <typename T>
+void gemm(const Gemm<T>& g, int64_t M, int64_t n0, int64_t N) {
+  if (M < kBigRows) return few_rows(static_cast<int>(M), g, n0, N);
+  // strip by strip, so one K × kStrip block of weights stays in L1 while every row block uses it
+  const int64_t m_big = M / kBigRows * kBigRows;
+  int64_t n = n0;
+  for (; n + kStrip <= N; n += kStrip) {
+    for (int64_t m = 0; m < m_big; m += kBigRows) kernel<kBigRows, kBigVectors>(g.from_row(m), n);
+    if (m_big < M) few_rows(static_cast<int>(M - m_big), g.from_row(m_big), n, n + kStrip);
+  }
+  if (n < N)
+    for (int64_t m = 0; m < M; m += kBigRows - 1)
+      few_rows(static_cast<int>(std::min<int64_t>(kBigRows - 1, M - m)), g.from_row(m), n, N);
+}
+
+// ---- activations -----------------------------------------------------------------------------------------
+// tanh: Eigen's / MLAS's rational approximation (odd degree-13 / even degree-6) on a clamped input.
+template <typename V>
+inline V tanh_rational(V x, V clamp) {
+  x = x < -clamp ? -clamp : x;
+  x = x > clamp ? clamp : x;
+  const V x2 = x * x;
+  V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+constexpr float kTanhClamp = 7.90531110763549805f;
+
+}  // namespace
+
+float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = man;
+    do {
+      ++e;
+      m <<= 1;
+    } while ((m & 0x400u) == 0);
+    bits = sign | ((112 - e) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+void gemm_from(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, const float* C0,
+               int64_t ld0, float* C, int64_t ldc) {
+  if (M <= 0 || n0 >= N) return;
+  if (W.half)
+    gemm(Gemm<uint16_t>{A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
+  else
+    gemm(Gemm<float>{A, lda, static_cast<const float*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
+}
+
+void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C,
+              int64_t ldc) {
+  gemm_from(M, n0, N, A, lda, W, C, ldc, C, ldc);
+}
+
+void gate(int64_t n, const float* a, const float* b, float* h) {
+  int64_t j = 0;
+  const vf clamp = splat(kTanhClamp), half = splat(0.5f);
+  for (; j + VW <= n; j += VW) {
+    const vf t = tanh_rational(load(a + j), clamp);
+    const vf s = half + half * tanh_rational(half * load(b + j), clamp);
+    store(h + j, t * s);
+  }
+  for (; j < n; ++j)
+    h[j] = tanh_rational(a[j], kTanhClamp) * (0.5f + 0.5f * tanh_rational(0.5f * b[j], kTanhClamp));
+}
+
+// ---- the helper thread -------------------------------------------------------------------------------
+// One process-wide helper thread shares a call's work with the calling thread. A job is T tasks, claimed in
+// order through one atomic (job generation, next task) by the helper as they become ready and by the
+// caller for whatever is left once its own part is done. Tasks write disjoint outputs, or wait for the tasks
+// they depend on (`Job::after`: the skip projections accumulate into one output in layer order, the head
+// waits for the skip sum). Either way the result does not depend on which thread ran which task
+// (bit-identical to one thread).
+// A helper that is descheduled while it holds a task makes the caller wait for it (spinning, then yielding
+// its core, which the helper may be queued on). After such a wait (over kStallNs, and over half the time the
+// caller itself spent on the job) the caller works alone for a while: 2 ms after an isolated stall (a helper
+// woken from sleep, a thread just started), doubling on each stall that follows within kCalmNs, up to 256 ms
+// when the other core stays busy. (Measured in time, not calls: a call is 30 µs at batch 1, 1 ms at batch 64.)
+// The helper waits for the next job spinning, yielding its core after kYieldNs (another thread may need it:
+// the caller itself, when both share one core), then sleeps after kSpinNs; its waits inside a job spin, then
+// yield, too. `WN_ORT_OPS_THREADS=1` disables it.
+class Helper {
+ public:
+  static constexpr int64_t kSpinNs = 2'000'000;
+  static constexpr int64_t kStallNs = 200'000;
+  static constexpr int64_t kYieldNs = 20'000;
+  static constexpr int64_t kSoloMinNs = 2'000'000, kSoloMaxNs = 256'000'000, kCalmNs = 500'000'000;
+
+  static Helper& get() {
+    static Helper helper;
+    return helper;
+  }
+
+  // Publishes `job` to the helper → true, or false when the caller must work alone (no helper, disabled,
+  // backing off after a stall, or busy with another caller's job).
+  bool begin(const Job& job, bool force) {
+    if (!enabled_.load(std::memory_order_relaxed)) return false;
+    const int64_t now = clock_ns();
+    if (!force && now < solo_until_.load(std::memory_order_relaxed)) return false;
+    if (busy_.test_and_set(std::memory_order_acquire)) return false;
+    begun_ = now;
+    start();
+    job_ = job;
+    ready_.store(0, std::memory_order_relaxed);
+    finished_.store(0, std::memory_order_relaxed);
+    stalled_ = false;
+    forced_ = force;
+    gen_ = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(gen_ << 32);  // publish: generation gen, next task 0 (seq_cst: pairs with the sleep check)
+    if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_one();
+    }
+    return true;
+  }
+
+  void ready(int64_t n) { ready_.store(n, std::memory_order_release); }
+
+  // Until tasks 0 … n−1 have finished: the caller runs those the helper has not claimed (they must be ready and
+  // depend on nothing), then waits for the rest.
+  void await(int64_t n) {
+    int64_t t;
+    while ((t = claim(gen_, n)) >= 0) {
+      job_.fn(job_.ctx, t);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wait([&] { return finished_.load(std::memory_order_acquire) >= n; });
+  }
+
+  // Runs what the helper has not claimed, waits for the rest, releases the helper.
+  void finish() {
+    const int64_t T = job_.tasks;
+    ready_.store(T, std::memory_order_release);
+    int64_t t;
+    while ((t = claim(gen_)) >= 0) {
+      if (job_.after) {
+        const int64_t need = job_.after(job_.ctx, t);
+        wait([&] { return finished_.load(std::memory_order_acquire) >= need; });
+      }
+      job_.fn(job_.ctx, t);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wait([&] { return finished_.load(std::memory_order_acquire) >= T; });
+    if (forced_) {  // a measurement: leaves the back-off as it was
+    } else if (stalled_) {  // the helper was descheduled: work alone a while, longer if it keeps happening
+      const int64_t now = clock_ns();
+      if (now - last_stall_ > kCalmNs) backoff_ = kSoloMinNs;
+      solo_until_.store(now + backoff_, std::memory_order_relaxed);
+      backoff_ = std::min(2 * backoff_, kSoloMaxNs);
+      last_stall_ = now;
+    }
+    busy_.clear(std::memory_order_release);
+  }
+
+  ~Helper() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+      cv_.notify_one();
+    }
+    thread_.join();
+  }
+
+  std::atomic<int64_t> helped_{0};  // tasks the helper computed (for tests)
+  std::atomic<bool> enabled_{true};
+
+ private:
+  Helper() {
+    const char* env = std::getenv("WN_ORT_OPS_THREADS");
+    enabled_.store(!(env != nullptr && std::atoi(env) == 1));
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  static int64_t clock_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Spins until done(), yielding after kYieldNs; a wait over kStallNs and over half the caller's own time on the
+  // job so far counts as a stall (a large job's halves may end that far apart without anyone descheduled).
+  template <typename Done>
+  void wait(Done&& done) {
+    if (done()) return;
+    const int64_t t0 = clock_ns(), limit = std::max(kStallNs, (t0 - begun_) / 2);
+    for (unsigned spins = 0; !done(); ++spins) {
+      if ((spins & 255) != 0) {
+        pause();
+        continue;
+      }
+      const int64_t waited = clock_ns() - t0;
+      if (waited > kYieldNs) std::this_thread::yield();
+      stalled_ = stalled_ || waited > limit;
+    }
+  }
+
+  // The helper's own waits (for the caller's next layer, for the task before): spinning, then yielding its core
+  // after kYieldNs, which the caller it waits for may be queued on.
+  template <typename Done>
+  static void spin_until(Done&& done) {
+    if (done()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned spins = 1; !done(); ++spins) {
+      pause();
+      if ((spins & 255) == 0 &&
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count() > kYieldNs)
+        std::this_thread::yield();
+    }
+  }
+
+  void start() {
+    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+  }
+
+  // Claims the next task of job `gen` below `limit` (default: all) → its index, or −1 when they are taken (or the
+  // job is over).
+  int64_t claim(uint64_t gen, int64_t limit = INT64_MAX) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < std::min(job_.tasks, limit)) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return static_cast<int64_t>(s & 0xffffffffu);
+    }
+    return -1;
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    auto idle_since = std::chrono::steady_clock::now();
+    for (unsigned spins = 0;; ++spins) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      const uint64_t s = state_.load(std::memory_order_acquire);
+      const uint64_t gen = s >> 32;
+      if (gen != seen) {  // a new job: take tasks as they become ready
+        seen = gen;
+        int64_t t;
+        while ((t = claim(gen)) >= 0) {
+          spin_until([&] { return ready_.load(std::memory_order_acquire) > t; });
+          if (job_.after) {
+            const int64_t need = job_.after(job_.ctx, t);
+            spin_until([&] { return finished_.load(std::memory_order_acquire) >= need; });
+          }
+          job_.fn(job_.ctx, t);
+          finished_.fetch_add(1, std::memory_order_acq_rel);
+          helped_.fetch_add(1, std::memory_order_relaxed);
+        }
+        idle_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      pause();
+      if ((spins & 255) != 0) continue;
+      const int64_t idle =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - idle_since).count();
+      if (idle > kYieldNs && idle <= kSpinNs) std::this_thread::yield();  // the core to whoever else needs it
+      if (idle > kSpinNs) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.store(true);  // seq_cst with the state load below: a job published meanwhile is seen
+        cv_.wait(lock, [&] { return stop_.load() || (state_.load() >> 32) != seen; });
+        sleeping_.store(false);
+        idle_since = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+  std::atomic<int64_t> solo_until_{0};  // work alone until then (clock_ns)
+  int64_t backoff_ = kSoloMinNs, last_stall_ = 0, begun_ = 0;  // the next solo stretch (these under busy_)
+  bool stalled_ = false, forced_ = false;
+  uint64_t gen_ = 0;
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::atomic<uint64_t> state_{0};  // (generation << 32) | next task to claim
+  std::atomic<int64_t> ready_{0};    // tasks that may start
+  std::atomic<int64_t> finished_{0}; // tasks done
+  std::atomic<bool> stop_{false}, sleeping_{false};
+  Job job_{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+Team::Team(const Job& job, bool help, bool force) : job_(job) {
+  helped_ = help && job.tasks > 0 && Helper::get().begin(job, force);
+}
+
+void Team::ready(int64_t n) {
+  if (helped_) return Helper::get().ready(n);
+  for (; ran_ < std::min(n, job_.tasks); ++ran_) job_.fn(job_.ctx, ran_);  // alone: run them now, in order
+}
+
+void Team::await(int64_t n) {
+  if (helped_)
+    Helper::get().await(n);
+  else
+    ready(n);
+}
+
+void Team::finish() {
+  if (done_) return;
+  done_ = true;
+  if (helped_)
+    Helper::get().finish();
+  else
+    ready(job_.tasks);
+}
+
+void set_helper(bool on) { Helper::get().enabled_.store(on); }
+bool helper_enabled() { return Helper::get().enabled_.load(); }
+int64_t helped_tasks() { return Helper::get().helped_.load(); }
+
+// ---- the layer chain -----------------------------------------------------------------------------------
+namespace {
+
+// The sequential part on the calling thread, rows [r0, r1): per layer the gate GEMM over [taps_l | x_l], the
+// gate, then (but the last) the residual GEMM. Tasks 0 … L−k0−1 of the team are the past-tap projections of
+// layers k0 … L−1 (into a.pre; ready at once); task L−k0+l may start once h_l is written.
+void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) {
+  const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P;
+  const int64_t ldh = L * G, ldx = L * R;
+  float* X = a.X + r0 * ldx;
+  float* H = a.H + r0 * ldh;
+  float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
+  const float* taps = a.taps + r0 * L * P;
+  const int64_t pre = L - k0;  // layers whose past taps are a task of the team
+  team.ready(pre);
+  for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
+  for (int64_t l = 0; l < L; ++l) {
+    const float* x = X + l * R;  // x_l rows, stride ldx
+    // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
+    // (whichever thread computed the first part, the result is the same bits)
+    const Packed w = a.w_gate.matrix(l, G2);
+    if (l >= k0) {
+      team.await(l - k0 + 1);
+      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.pre + r0 * L * G2 + l * G2, L * G2, acc, G2);
+    } else if (P > 0) {
+      gemm_from(M, 0, G2, taps + l * P, L * P, w.rows(0, P), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
+      gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
+    } else {
+      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
+    }
+    float* h = H + l * G;
+    for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
+    team.ready(pre + l + 1);
+    if (l + 1 == L) break;
+    std::memset(res, 0, M * R * sizeof(float));
+    gemm_acc(M, 0, R, h, ldh, a.w_out.matrix(l, R), res, R);
+    const float al = a.alpha[l], be = a.beta[l];
+    float* xn = X + (l + 1) * R;
+    for (int64_t b = 0; b < M; ++b)
+      for (int64_t j = 0; j < R; ++j) xn[b * ldx + j] = al * res[b * R + j] + be * x[b * ldx + j];
+  }
+}
+
+void init_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b) std::memcpy(a.skip + b * a.S, a.b_skip, a.S * sizeof(float));
+}
+
+// skip[r0 … r1) += h_l · W_skip,l (task l of a job whose tasks run in layer order)
+void skip_layer(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
+  gemm_acc(r1 - r0, 0, a.S, a.H + r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S), a.skip + r0 * a.S,
+           a.S);
+}
+
+// pre_l = gate_in_l + taps_l · W_past,l for rows [r0, r1)
+void past_taps(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
+  const int64_t G2 = 2 * a.G;
+  gemm_from(r1 - r0, 0, G2, a.taps + r0 * a.L * a.P + l * a.P, a.L * a.P, a.w_gate.matrix(l, G2).rows(0, a.P),
+            a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, a.pre + r0 * a.L * G2 + l * G2, a.L * G2);
+}
+
+// The first layer whose past taps the helper projects in the pipeline: it balances the weights the two threads
+// stream (caller: every layer's current-input rows and residual, the past-tap rows of layers < k0; helper: the
+// skip projections and the past-tap rows of layers ≥ k0; the head's halves are even).
+int64_t helper_from(const LayersArgs& a) {
+  const int64_t G2 = 2 * a.G, p = a.P * G2;
+  if (p == 0 || a.pre == nullptr) return a.L;
+  const int64_t caller = a.L * a.R * G2 + (a.L - 1) * a.G * a.R, helper = a.L * a.G * a.S + a.L * p;
+  const int64_t k = (helper - caller + p) / (2 * p);  // caller + k·p ≈ helper − k·p
+  return std::min(a.L, std::max<int64_t>(2, k));  // layers 0 and 1 on the caller: it needs them first
+}
+
+void scale_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
+  if (a.skip_scale != 1.0f)
+    for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.skip[i] *= a.skip_scale;
+}
+
+// ---- the head -------------------------------------------------------------------------------------------
+constexpr int64_t kHeadParts = 2;  // each 1×1's columns in two halves (whole panels), one per thread
+
+// Part `part` of one 1×1 of rows [r0, r1): C = [relu](A · W + bias) (relu_in: A is relu(src), written first)
+struct HeadLayer {
+  int64_t K, N;
+  const float* A;  // (B, K)
+  Packed W;
+  const float* bias;
+  bool relu;
+  float* C;  // (B, N)
+
+  void part(int64_t r0, int64_t r1, int64_t p) const {
+    const int64_t panels = (N + kPanel - 1) / kPanel;
+    const int64_t n0 = std::min(N, panels * p / kHeadParts * kPanel), n1 = std::min(N, panels * (p + 1) / kHeadParts * kPanel);
+    if (n0 >= n1) return;
+    for (int64_t b = r0; b < r1; ++b) std::memcpy(C + b * N + n0, bias + n0, (n1 - n0) * sizeof(float));
+    gemm_acc(r1 - r0, n0, n1, A + r0 * K, K, W, C + r0 * N, N);
+    if (relu)
+      for (int64_t b = r0; b < r1; ++b)
+        for (int64_t j = n0; j < n1; ++j) C[b * N + j] = std::max(C[b * N + j], 0.f);
+  }
+};
+
+struct Head {
+  HeadLayer first, second;
+  explicit Head(const HeadArgs& a)
+      : first{a.S, a.H, a.hidden, a.w1, a.b1, true, a.hidden + a.B * a.S},
+        second{a.H, a.Q, a.hidden + a.B * a.S, a.w2, a.b2, false, a.out} {}
+};
+
+void relu_skip(const HeadArgs& a, int64_t r0, int64_t r1) {  // hidden[:, :S] = relu(skip)
+  for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.hidden[i] = std::max(a.skip[i], 0.f);
+}
+
+// One step's pipeline job over rows [r0, r1): tasks 0 … L−1 the skip projections (in layer order), L the skip
+// sum's scaling and ReLU, L+1 and L+2 the first 1×1's column halves, L+3 and L+4 the second's.
+// In the pipeline the tasks are: the past-tap projections of layers k0 … L−1 (ready at once), the skip
+// projections 0 … L−1 (in layer order, as the chain writes h_l), then the skip sum's scaling and ReLU, the first
+// 1×1's column halves and the second's.
+struct StepJob {
+  const LayersArgs* a;
+  const HeadArgs* h;
+  Head head;
+  int64_t r0, r1;
+  bool with_head;
+  int64_t k0;  // helper_from(), or L: no past-tap tasks
+
+  int64_t pre() const { return a->L - k0; }
+  int64_t tasks() const { return pre() + a->L + (with_head ? 1 + 2 * kHeadParts : 0); }
+  static void run(const void* ctx, int64_t t) {
+    const StepJob& j = *static_cast<const StepJob*>(ctx);
+    const int64_t L = j.a->L, n = j.pre();
+    if (t < n) return past_taps(*j.a, j.r0, j.r1, j.k0 + t);
+    t -= n;
+    if (t < L) return skip_layer(*j.a, j.r0, j.r1, t);
+    if (t == L) {
+      scale_skip(*j.a, j.r0, j.r1);
+      return relu_skip(*j.h, j.r0, j.r1);
+    }
+    const int64_t k = t - L - 1;
+    (k < kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
+  }
+  static int64_t after(const void* ctx, int64_t t) {
+    const StepJob& j = *static_cast<const StepJob*>(ctx);
+    const int64_t L = j.a->L, n = j.pre();
+    if (t < n) return 0;
+    if (t <= n + L) return t;  // the skip sum in layer order, then its finish
+    return t <= n + L + kHeadParts ? n + L + 1 : n + L + 1 + kHeadParts;  // each 1×1 after what it reads
+  }
+};
+
+}  // namespace
+
+void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  init_skip(a, r0, r1);
+  const HeadArgs none{};
+  const StepJob job{&a, &none, Head(none), r0, r1, false, split == kPipeline ? helper_from(a) : a.L};
+  Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
+  chain(a, r0, r1, team, job.k0);
+  team.finish();
+  scale_skip(a, r0, r1);
+}
+
+void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  relu_skip(a, r0, r1);
+  const Head head(a);
+  for (const HeadLayer* layer : {&head.first, &head.second}) {
+    struct Ctx {
+      const HeadLayer* layer;
+      int64_t r0, r1;
+    } ctx{layer, r0, r1};
+    Team team(Job{[](const void* c, int64_t p) {
+                    const Ctx& x = *static_cast<const Ctx*>(c);
+                    x.layer->part(x.r0, x.r1, p);
+                  },
+                  &ctx, kHeadParts},
+              split == kPipeline);
+    team.finish();
+  }
+}
+
+void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split) {
+  if (r1 <= r0) return;
+  init_skip(a, r0, r1);
+  const StepJob job{&a, &h, Head(h), r0, r1, true, split == kPipeline ? helper_from(a) : a.L};
+  Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
+  chain(a, r0, r1, team, job.k0);
+  team.finish();
+}
+
+namespace {
+struct RowsTask {
+  int64_t B;
+  void (*fn)(const void*, int64_t, int64_t);
+  const void* ctx;
+};
+void rows_half(const void* ctx, int64_t half) {
+  const RowsTask& t = *static_cast<const RowsTask*>(ctx);
+  const int64_t mid = (t.B + 1) / 2;
+  if (half == 0)
+    t.fn(t.ctx, 0, mid);
+  else
+    t.fn(t.ctx, mid, t.B);
+}
+}  // namespace
+
+void split_rows(int64_t B, void (*fn)(const void*, int64_t, int64_t), const void* ctx) {
+  const RowsTask task{B, fn, ctx};
+  Team team(Job{rows_half, &task, B > 1 ? 2 : 1}, B > 1);
+  team.finish();
+}
+
+}  // namespace wn

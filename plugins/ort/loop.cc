@@ -1,0 +1,172 @@
+// wn_loop_generate: the ONNX Runtime host's generation loop in native code. K steps per call: the token's
+// embedding, the ring taps, the gate pre-activation (bias, speaker, per-sample conditioning), the layer
+// chain and head of kernels.cc (the kernels of the fused WaveNetLayers / WaveNetHead ops, on the same
+// packed weights), the ring-state update and the draw (sampler.cc: the float64 inverse CDF of
+// reference_model.sampling, from the caller's SplitMix64 uniforms, or greedy). Python calls it through
+// ctypes (wn_export/backends/onnxruntime/native_loop.py builds the plan from the fused step graph); no
+// Python runs per sample. Contract: plugins/ort/README.md.
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+extern "C" {
+
+// The model: shapes, and pointers into arrays the caller keeps alive (mirrored by native_loop.WnLoopModel).
+struct WnLoopModel {
+  int64_t R, G, L, P, S, H, Q, tokens, kernel, cond_channels, state_rows;
+  const int64_t* ring_offset;  // (L) first row of layer l's ring in the state
+  const int64_t* ring_length;  // (L) its length (K − 1)·d_l
+  const float* embed;          // (tokens, R)
+  const void* w_cond;          // packed C × L·2G (or null: no local conditioning)
+  int64_t cond_half;
+  const void *w_gate, *w_out, *w_skip;  // packed stacks, as the WaveNetLayers op takes them
+  int64_t weights_half;                 // also the head's
+  const float *b_skip, *alpha, *beta;
+  double skip_scale;
+  const void* head_w1;
+  const float* head_b1;
+  const void* head_w2;
+  const float* head_b2;
+  const float* input_bias;  // (L·R): added to the chain's x_l for the ring update
+};
+
+// One call: `steps` samples of `batch` streams (mirrored by native_loop.WnLoopRun).
+struct WnLoopRun {
+  int64_t batch, steps, position, split;  // split: wn::Split (0 alone, 1 pipeline, 2 rows)
+  float* state;                            // (B, state_rows, R), updated in place
+  const int64_t* first;                    // (B) the first step's input tokens
+  const float* gate_base;                  // (B, L·2G) rows, stride gate_base_ld (0: shared): bias + speaker
+  int64_t gate_base_ld;
+  const float* cond;  // per-sample conditioning (B, C, steps) with element strides cond_sb, cond_sc, cond_st
+  int64_t cond_sb, cond_sc, cond_st;
+  const double* u;  // (steps, B) uniforms, or null: greedy
+  double temperature;
+  int64_t* tokens;   // (steps, B) out
+  float* logits;     // (B, Q) out: the last step's logits
+  int64_t* step_ns;  // (steps) out, or null: wall time of each step
+};
+}
+
+namespace {
+
+struct Loop {
+  const WnLoopModel& m;
+  const WnLoopRun& run;
+  wn::LayersArgs layers;
+  wn::HeadArgs head;
+  float *x0, *taps, *gate_in, *cond_t;  // gate_in: with local conditioning only
+  double* cdf;  // (2, Q): one row per batch half
+  std::vector<int64_t> dilation;
+
+  // Step t of streams [r0, r1): everything from the input token to the drawn one.
+  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
+    const int64_t B = run.batch, R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, Q = m.Q, K1 = m.kernel - 1;
+    const int64_t C = m.cond_channels;
+    const int64_t pos = run.position + t;
+    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
+    for (int64_t b = r0; b < r1; ++b) {
+      std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
+      const float* state = run.state + b * m.state_rows * R;
+      float* tap = taps + b * L * P;
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
+          const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
+          std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
+        }
+      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
+    }
+    if (C > 0)  // gate_in = gate_base + cond_t · W_cond
+      wn::gemm_from(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
+                    run.gate_base + r0 * run.gate_base_ld, run.gate_base_ld, gate_in + r0 * L * G2, L * G2);
+    wn::run_step(layers, head, r0, r1, split);
+    int64_t* out = run.tokens + t * B;
+    double* c = cdf + (r0 == 0 ? 0 : Q);  // one row per thread
+    for (int64_t b = r0; b < r1; ++b) {
+      float* state = run.state + b * m.state_rows * R;
+      const float* x = layers.X + b * L * R;
+      for (int64_t l = 0; l < L; ++l) {
+        float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
+        for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
+      }
+      const float* logits = run.logits + b * Q;
+      out[b] = run.u ? wn::sample_row(logits, Q, run.u[t * B + b], run.temperature, c) : wn::argmax_row(logits, Q);
+    }
+  }
+
+  // Every step of the block. kRows splits each step's streams in two halves (one hand-over per step: a helper
+  // that is descheduled stalls one step, then the caller works alone a while).
+  void block(wn::Split split) const {
+    struct Half {
+      const Loop* loop;
+      int64_t t;
+    };
+    for (int64_t t = 0; t < run.steps; ++t) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (split == wn::kRows && run.batch > 1) {
+        const Half half{this, t};
+        wn::split_rows(run.batch, [](const void* c, int64_t r0, int64_t r1) {
+          const Half& h = *static_cast<const Half*>(c);
+          h.loop->step(h.t, r0, r1, wn::kAlone);
+        }, &half);
+      } else {
+        step(t, 0, run.batch, split);
+      }
+      if (run.step_ns)
+        run.step_ns[t] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// → 0, or 1 for inconsistent arguments, 2 for a first token outside [0, tokens).
+__attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* model, const WnLoopRun* run) {
+  if (model == nullptr || run == nullptr) return 1;
+  const WnLoopModel& m = *model;
+  const WnLoopRun& r = *run;
+  const int64_t B = r.batch, R = m.R, G = m.G, L = m.L, P = m.P, S = m.S, Q = m.Q;
+  if (B < 1 || r.steps < 0 || r.position < 0 || L < 1 || m.kernel < 2 || P != (m.kernel - 1) * R || Q < 1 ||
+      (r.u != nullptr && !(r.temperature > 0)) || (m.cond_channels > 0 && r.cond == nullptr) || r.split < 0 ||
+      r.split > wn::kRows)
+    return 1;
+  for (int64_t b = 0; b < B; ++b)
+    if (r.first[b] < 0 || r.first[b] >= m.tokens) return 2;
+  for (int64_t l = 0; l < L; ++l)
+    if (m.ring_length[l] < 1 || m.ring_length[l] % (m.kernel - 1) != 0) return 1;
+  if (r.steps == 0) return 0;
+  thread_local std::vector<float> scratch;
+  const int64_t C = m.cond_channels;
+  scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R +
+                                          L * 2 * G + S + m.H)));
+  float* p = scratch.data();
+  auto take = [&p](int64_t n) {
+    float* q = p;
+    p += n;
+    return q;
+  };
+  float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(C > 0 ? B * L * 2 * G : 0), *cond_t = take(B * C);
+  float *skip = take(B * S), *X = take(B * L * R), *H = take(B * L * G), *acc = take(B * 2 * G), *res = take(B * R);
+  float* pre = take(B * L * 2 * G);
+  float* hidden = take(B * (S + m.H));
+  thread_local std::vector<double> cdf;
+  cdf.resize(static_cast<size_t>(2 * Q));
+  const bool half = m.weights_half != 0;
+  Loop loop{m, r,
+            // without local conditioning the gate's pre-activation is gate_base itself, read in place
+            wn::LayersArgs{B, R, G, L, P, S, x0, taps, C > 0 ? gate_in : r.gate_base, C > 0 ? L * 2 * G : r.gate_base_ld,
+                           wn::Packed(m.w_gate, P + R, half),
+                           wn::Packed(m.w_out, G, half), wn::Packed(m.w_skip, G, half), m.b_skip, m.alpha, m.beta,
+                           static_cast<float>(m.skip_scale), skip, X, H, acc, res, pre},
+            wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
+                         m.head_b2, r.logits, hidden},
+            x0, taps, gate_in, cond_t, cdf.data(), {}};
+  for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
+  loop.block(static_cast<wn::Split>(r.split));
+  return 0;
+}
+}

@@ -1,0 +1,34 @@
+"""The machine's weight-streaming floor, measured in the bench's own run (plugins/ort/floor.cc).
+
+A generation step streams every weight of the layer chain and the head once (at batch B, each weight is used
+B times). The floor of a step is one pass of B rows over a packed matrix holding as many weights as the model
+streams per step, with the native kernels at their best shape (K = 256 rows, no per-layer hand-over): what a
+step would cost if it were nothing but its weight arithmetic. Measured for float32 and float16 weights, on one
+thread and split in two between the caller and the helper thread; floor samples/s = B / time per pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+ROWS = 256
+
+
+def pass_times(weights: int, batch: int, half: bool, threads: int, seconds: float = 0.05) -> np.ndarray:
+    """Seconds per pass (array) of `batch` rows over `weights` weights (float16 if `half`), on 1 or 2 threads."""
+    from wn_export.backends.onnxruntime.native import library
+
+    fn = ctypes.CDLL(str(library())).wn_weight_floor
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                   ctypes.c_void_p]
+    cols = max(32, -(-weights // ROWS) // 32 * 32)  # whole pairs of panels: even column halves
+    probe = np.zeros(3, np.int64)
+    if fn(ROWS, cols, batch, int(half), threads, 3, probe.ctypes.data):
+        raise ValueError("wn_weight_floor refused its arguments")
+    passes = int(min(2000, max(5, seconds / max(np.median(probe) * 1e-9, 1e-7))))
+    ns = np.zeros(passes, np.int64)
+    fn(ROWS, cols, batch, int(half), threads, passes, ns.ctypes.data)
+    return ns * 1e-9
