@@ -177,6 +177,9 @@ class LocalTriton:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=10)
+            deadline = time.monotonic() + 10.0  # SIGKILL is delivered asynchronously to the stubs
+            while group_processes(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
         if getattr(self, "_log", None) is not None:
             self._log.close()
         if self._dir is not None:
