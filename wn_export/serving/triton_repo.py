@@ -39,7 +39,8 @@ from wn_export.contract.specs import graph_name
 from wn_export.errors import ArtifactError, BackendError, InputError
 
 MODELS = ("generate", "step", "scoring")
-BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+# Triton platform and model file of each backend the step and scoring models can be served on
+PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL"}
 CONTROLS = (("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
@@ -80,8 +81,8 @@ def parse_models(text: str) -> tuple[str, ...]:
 
 
 def _check(manifest: Manifest, opts: Options) -> None:
-    if opts.backend not in BACKENDS:
-        raise InputError(f"unknown Triton backend {opts.backend!r} (choose from {', '.join(BACKENDS)})")
+    if opts.backend not in PLATFORMS:
+        raise InputError(f"unknown Triton backend {opts.backend!r} (choose from {', '.join(PLATFORMS)})")
     if opts.precision not in ("fp32", "fp16"):
         raise InputError(f"unknown precision {opts.precision!r} (choose from fp32, fp16)")
     for name, value, low in (("max-batch", opts.max_batch, 1), ("instances", opts.instances, 1),
@@ -150,7 +151,7 @@ def _instances(cfg, count: int, kind: str, mc) -> None:
 def step_config(manifest: Manifest, opts: Options):
     mc = model_config_pb2()
     graph, _, limit = _graph_and_file(manifest, "step", opts)
-    platform, filename = BACKENDS[opts.backend]
+    platform, filename = PLATFORMS[opts.backend]
     cfg = mc.ModelConfig(name=opts.prefix + "step", platform=platform, max_batch_size=limit,
                          default_model_filename=filename)
     state_inputs = {s.input for s in graph.state}
@@ -200,7 +201,7 @@ def _init_file(s) -> str:
 def scoring_config(manifest: Manifest, opts: Options):
     mc = model_config_pb2()
     graph, _, limit = _graph_and_file(manifest, "scoring", opts)
-    platform, filename = BACKENDS[opts.backend]
+    platform, filename = PLATFORMS[opts.backend]
     cfg = mc.ModelConfig(name=opts.prefix + "scoring", platform=platform, max_batch_size=limit,
                          default_model_filename=filename)
     for t in graph.inputs:
