@@ -267,9 +267,9 @@ void gate(int64_t n, const float* a, const float* b, float* h) {
 // (bit-identical to one thread).
 // A helper that is descheduled while it holds a task makes the caller wait for it (spinning, then yielding
 // its core, which the helper may be queued on). After such a wait (over kStallNs, and over half the time the
-// caller itself spent on the job) the caller works alone for a while: 2 ms after an isolated stall (a helper
-// woken from sleep, a thread just started), doubling on each stall that follows within kCalmNs, up to 256 ms
-// when the other core stays busy. (Measured in time, not calls: a call is 30 µs at batch 1, 1 ms at batch 64.)
+// caller itself spent on the job) the caller works alone for a while: 1 ms after an isolated stall (a helper
+// woken from sleep, a thread just started), doubling on each stall that follows within kCalmNs (50 ms) of the
+// last, up to 256 ms when the other core stays busy. (Measured in time, not calls: a call is 30 µs at batch 1, 1 ms at batch 64.)
 // The helper waits for the next job spinning, yielding its core after kYieldNs (another thread may need it:
 // the caller itself, when both share one core), then sleeps after kSpinNs; its waits inside a job spin, then
 // yield, too. `WN_ORT_OPS_THREADS=1` disables it.
@@ -278,7 +278,7 @@ class Helper {
   static constexpr int64_t kSpinNs = 2'000'000;
   static constexpr int64_t kStallNs = 200'000;
   static constexpr int64_t kYieldNs = 20'000;
-  static constexpr int64_t kSoloMinNs = 2'000'000, kSoloMaxNs = 256'000'000, kCalmNs = 500'000'000;
+  static constexpr int64_t kSoloMinNs = 1'000'000, kSoloMaxNs = 256'000'000, kCalmNs = 50'000'000;
 
   static Helper& get() {
     static Helper helper;
