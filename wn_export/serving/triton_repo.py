@@ -148,12 +148,17 @@ def _instances(cfg, count: int, kind: str, mc) -> None:
     group.kind = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
 
 
-def step_config(manifest: Manifest, opts: Options):
+def _model_config(manifest: Manifest, kind: str, opts: Options):
+    """(protobuf module, the kind's graph, a ModelConfig with its name, platform, batch limit and file)."""
     mc = model_config_pb2()
-    graph, _, limit = _graph_and_file(manifest, "step", opts)
+    graph, _, limit = _graph_and_file(manifest, kind, opts)
     platform, filename = PLATFORMS[opts.backend]
-    cfg = mc.ModelConfig(name=opts.prefix + "step", platform=platform, max_batch_size=limit,
-                         default_model_filename=filename)
+    return mc, graph, mc.ModelConfig(name=opts.prefix + kind, platform=platform, max_batch_size=limit,
+                                     default_model_filename=filename)
+
+
+def step_config(manifest: Manifest, opts: Options):
+    mc, graph, cfg = _model_config(manifest, "step", opts)
     state_inputs = {s.input for s in graph.state}
     state_outputs = {s.output for s in graph.state}
     for t in graph.inputs:
@@ -164,8 +169,8 @@ def step_config(manifest: Manifest, opts: Options):
             _tensor(cfg.output.add(), t, mc)
     seq = cfg.sequence_batching
     seq.max_sequence_idle_microseconds = 60_000_000
-    seq.oldest.max_candidate_sequences = limit
-    seq.oldest.preferred_batch_size.append(limit)
+    seq.oldest.max_candidate_sequences = cfg.max_batch_size
+    seq.oldest.preferred_batch_size.append(cfg.max_batch_size)
     seq.oldest.max_queue_delay_microseconds = 100
     if opts.backend == "onnxruntime":
         for name, kind in CONTROLS:
@@ -199,11 +204,7 @@ def _init_file(s) -> str:
 
 
 def scoring_config(manifest: Manifest, opts: Options):
-    mc = model_config_pb2()
-    graph, _, limit = _graph_and_file(manifest, "scoring", opts)
-    platform, filename = PLATFORMS[opts.backend]
-    cfg = mc.ModelConfig(name=opts.prefix + "scoring", platform=platform, max_batch_size=limit,
-                         default_model_filename=filename)
+    mc, graph, cfg = _model_config(manifest, "scoring", opts)
     for t in graph.inputs:
         _tensor(cfg.input.add(), t, mc)
     for t in graph.outputs:
