@@ -32,6 +32,7 @@ from wn_export.contract.specs import (
     GRAPH_KINDS,
     LAYOUTS,
     PRECISION_NAMES,
+    STATE_DTYPES,
     WAVENET_STEP_PLUGIN,
     GraphSpec,
     StateSpec,
@@ -376,8 +377,6 @@ def read_manifest(directory, verify: bool = True) -> Manifest:
     return manifest
 
 
-# the state dtype each graph precision declares (the FP16 policy's, `export/precision.py`, without torch)
-_STATE_DTYPES = {"fp32": "float32", "fp16": "float16", "w16": "float32"}
 
 
 def _check_contract(cfg, graph: GraphRecord, path: Path) -> None:
@@ -387,7 +386,7 @@ def _check_contract(cfg, graph: GraphRecord, path: Path) -> None:
 
     from .specs import scoring_spec, step_spec, upsample_spec
 
-    precision = SimpleNamespace(name=graph.precision, state_dtype=_STATE_DTYPES[graph.precision])
+    precision = SimpleNamespace(name=graph.precision, state_dtype=STATE_DTYPES[graph.precision])
     if graph.kind == "upsample":
         if not cfg.local or graph.precision != "fp32":
             raise ArtifactError(f"{path}: graph {graph.name!r}: the model has no fp32 upsampling graph")

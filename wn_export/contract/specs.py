@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # the contract imports no torch: hosts read it with ONNX Runt
 LAYOUTS = ("ring", "full")
 GRAPH_KINDS = ("scoring", "step", "upsample")
 PRECISION_NAMES = ("fp32", "fp16", "w16")
+# the step state's dtype per graph precision (the FP16 policy of export/precision.py, which reads it from here)
+STATE_DTYPES = {"fp32": "float32", "fp16": "float16", "w16": "float32"}
 
 
 class Role(str, Enum):

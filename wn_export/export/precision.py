@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from reference_model import WaveNet
+from wn_export.contract.specs import STATE_DTYPES
 from wn_export.errors import ExportError
 
 
@@ -51,7 +52,7 @@ class Precision:
 
     @property
     def state_dtype(self) -> str:
-        return numpy_name(self.compute)
+        return STATE_DTYPES[self.name]  # the contract's table: hosts read it without torch
 
     def apply(self, model: WaveNet) -> WaveNet:
         """A copy of the model with its weights in the compute dtype; every weight must stay finite."""
@@ -75,10 +76,6 @@ def get_precision(name: str) -> Precision:
     except KeyError:
         raise ExportError(f"unknown precision {name!r} (known: {', '.join(PRECISIONS)})") from None
 
-
-def numpy_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
-            torch.int64: "int64", torch.int32: "int32"}[dtype]
 
 
 _WEIGHT_OPS = {"Gemm", "MatMul", "Conv"}  # input 1 is the weight matrix
