@@ -667,3 +667,39 @@ def test_killing_the_server_mid_stream_fails_the_clients_instead_of_hanging(expo
     finally:
         server.stop()
     assert not server.group_alive()
+
+
+@pytest.fixture(scope="module")
+def demo_ring(tmp_path_factory):
+    """The trained demo model in the ring layout: the ONNX Runtime host runs its native loop."""
+    from wn_export import demo_checkpoint
+    from wn_export.export.pipeline import export_directory
+
+    directory = tmp_path_factory.mktemp("demo") / "export"
+    export_directory(directory, demo_checkpoint())
+    return directory
+
+
+def test_lone_streams_run_at_batch_1_and_equal_generate_batch_1(demo_ring):
+    """A plain request draws exactly `wn-export generate --batch 1 --seed S`, alone or beside others, with
+    its own temperature: the native loop's rows do not depend on the batch, so no padding row is needed."""
+    from wn_export.serving.streams import StreamBatcher
+
+    n, seeds = 5000, range(12)
+    batcher = StreamBatcher(Generator(demo_ring), max_streams=16, chunk=700)
+    assert batcher.min_rows == 1 and batcher.runner.batch_invariant
+    alone = _Collect()
+    batcher.submit(batcher.validate(n, seed=seeds[0]), alone)
+    batcher.step_burst()
+    assert batcher.runner.batch == 1  # no padding row
+    sinks = {seeds[0]: alone}
+    for seed in seeds[1:]:  # the others join the running batch at different positions
+        sinks[seed] = _Collect()
+        batcher.submit(batcher.validate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0), sinks[seed])
+        batcher.step_burst()
+    while batcher.busy:
+        batcher.step_burst()
+    with Generator(demo_ring) as gen:
+        for seed, sink in sinks.items():
+            want = gen.generate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0)[0]
+            assert sink.error is None and np.array_equal(sink.values, want), seed
