@@ -148,8 +148,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     jobs = [("scoring", FP32, None), ("step", FP32, None)]  # (kind, precision, variant)
     if fp16:
         jobs += [("scoring", FP16, None), ("step", FP16, None)]
-    if w16:  # fp32 compute, 16-bit weights: a step-graph precision (the weight stream of generation)
-        jobs.append(("step", W16, None))
+    if w16:  # fp32 compute, 16-bit weights (the weight stream of generation; scoring proves its log p)
+        jobs += [("scoring", W16, None), ("step", W16, None)]
     if model.cfg.local:
         jobs.append(("upsample", FP32, None))
     if fused_step:
