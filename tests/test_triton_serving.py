@@ -34,14 +34,16 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A small categorical model in the full layout (every model) and a conditioned one in the ring layout."""
+    """A small categorical model in the full layout (every model), the same model in the ring layout (the
+    native loop's) and a conditioned one in the ring layout."""
     from reference_model import save_checkpoint
     from tests.conftest import random_model
     from wn_export.export.pipeline import export_directory
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
-    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("cond", CONFIGS["conditioned"], "ring")):
+    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("ring", CONFIGS["k2"], "ring"),
+                              ("cond", CONFIGS["conditioned"], "ring")):
         ckpt = root / f"{name}.safetensors"
         save_checkpoint(random_model(cfg, seed=1), ckpt)
         export_directory(root / name, ckpt, layout=layout, fp16=name == "small")
@@ -485,17 +487,19 @@ def _step_twin(repo, twin_root):
 
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    """tritonserver with the small model's generate model, the conditioned one's (prefix cond_) and the
-    step model's python twin. Stopped (process group killed) by the finaliser."""
+    """tritonserver with the small model's generate model, the ring export's (prefix ring_), the conditioned
+    one's (prefix cond_) and the step model's python twin. Stopped (process group killed) by the finaliser."""
     from wn_export.serving.local_server import LocalTriton
 
     root = tmp_path_factory.mktemp("repos")
     assert _run("triton", exports["small"], "-o", root / "small", "--chunk", CHUNK).exit_code == 0
     assert _run("triton", exports["cond"], "-o", root / "cond", "--models", "generate", "--prefix", "cond_",
                 "--chunk", CHUNK).exit_code == 0
+    assert _run("triton", exports["ring"], "-o", root / "ring", "--models", "generate", "--prefix", "ring_",
+                "--chunk", CHUNK).exit_code == 0
     _step_twin(root / "small", root / "twin")
-    server = LocalTriton([root / "small", root / "cond", root / "twin"],
-                         models=["generate", "cond_generate", "step_python"], startup_timeout=120)
+    server = LocalTriton([root / "small", root / "ring", root / "cond", root / "twin"],
+                         models=["generate", "ring_generate", "cond_generate", "step_python"], startup_timeout=120)
     server.start()
     yield server
     server.stop()
@@ -540,6 +544,25 @@ def test_16_concurrent_streams_equal_generate(server, exports, protocol):
     for i, (tokens, wave) in enumerate(results):
         assert np.array_equal(tokens, want[i]), i
         assert np.array_equal(wave, audio[i]), i
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_16_plain_requests_each_equal_generate_batch_1(server, exports, protocol):
+    """Plain requests (no stream layout) with their own seeds and temperatures, served concurrently from a
+    ring-layout export, each draw exactly `wn-export generate --seed S [--temperature T]` (batch 1)."""
+    from wn_export.serving.client import stream
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    settings = [dict(seed=100 + i, temperature=(1.0, 0.8, 1.2)[i % 3]) for i in range(15)] + [dict(method="greedy")]
+
+    def one(i):
+        chunks = stream(url, N, model="ring_generate", timeout=TIMEOUT, **settings[i])
+        return np.concatenate([c.tokens for c in chunks])
+
+    results = _concurrent(one, 16)
+    with Generator(exports["ring"]) as gen:
+        for i, tokens in enumerate(results):
+            assert np.array_equal(tokens, gen.generate(N, **settings[i])[0]), settings[i]
 
 
 def test_client_wav_equals_wn_export_generate(server, exports, tmp_path):
