@@ -565,6 +565,30 @@ def test_16_plain_requests_each_equal_generate_batch_1(server, exports, protocol
             assert np.array_equal(tokens, gen.generate(N, **settings[i])[0]), settings[i]
 
 
+def test_a_grpc_client_that_cancels_frees_its_stream_in_the_server(server, exports):
+    """Closing a gRPC stream cancels the request (stop_stream(cancel_requests=True)); the server drops the
+    stream at its next chunk, long before its samples are done, and says so in its log."""
+    import re
+
+    from wn_export.serving.client import stream
+
+    n = 5_000_000
+    chunks = stream(server.grpc_url, n, model="ring_generate", seed=1, timeout=TIMEOUT)
+    first = next(chunks)
+    assert first.offset == 0 and len(first.tokens) == CHUNK
+    chunks.close()  # the client goes away after one chunk
+    deadline, found = time.monotonic() + TIMEOUT, None
+    while found is None and time.monotonic() < deadline:
+        found = re.search(rb"cancelled by its client after ([0-9,]+) samples", server._log_bytes())
+        time.sleep(0.05)
+    assert found is not None, server.log_tail()
+    assert int(found.group(1).replace(b",", b"")) < n // 10
+    with Generator(exports["ring"]) as gen:  # the server goes on serving
+        again = np.concatenate([c.tokens for c in stream(server.grpc_url, N, model="ring_generate", seed=1,
+                                                         timeout=TIMEOUT)])
+        assert np.array_equal(again, gen.generate(N, seed=1)[0])
+
+
 def test_client_wav_equals_wn_export_generate(server, exports, tmp_path):
     r = _run("generate", exports["small"], "-n", N, "--seed", 7, "--temperature", 0.8, "--batch", 2,
              "-o", tmp_path / "local.wav")
