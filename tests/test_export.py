@@ -262,6 +262,44 @@ def test_export_is_atomic(tmp_path, checkpoint_factory, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", ckpt.name])  # no staging dir left
 
 
+def test_every_file_is_on_disk_before_its_name_is_published(tmp_path, checkpoint_factory, monkeypatch):
+    """Durability: each file's data is fsynced before it is renamed into the export directory, and the
+    directory itself is fsynced before the manifest names the graphs and after the manifest is in place."""
+    import os
+
+    from pathlib import Path
+
+    import reference_model.atomic as atomic
+    import wn_export.export.pipeline as ex
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b))) or real_replace(a, b))
+    real_path_replace = type(tmp_path).replace
+    monkeypatch.setattr(type(tmp_path), "replace",
+                        lambda self, target: events.append(("replace", str(self), str(target)))
+                        or real_path_replace(self, target))
+    out = tmp_path / "out"
+    export_directory(out, checkpoint_factory(CONFIGS["k2"]))
+    assert ex.fsync_file is atomic.fsync_file
+    published = [(i, e) for i, e in enumerate(events) if e[0] == "replace" and Path(e[2]).parent == out]
+    assert {Path(e[2]).name for _, e in published} == {"scoring.onnx", "step.onnx", "manifest.json"}
+    def flushed(name: str, before: int) -> bool:  # fsynced under this name, or under a name renamed to it
+        for j in range(before - 1, -1, -1):
+            if events[j] == ("fsync", name):
+                return True
+            if events[j][0] == "replace" and events[j][2] == name:
+                return flushed(events[j][1], j)
+        return False
+    for i, (_, source, _target) in published:
+        assert flushed(source, i), f"{source} renamed before it was flushed"
+    manifest_at = next(i for i, e in published if e[2].endswith("manifest.json"))
+    assert ("fsync", str(out)) in events[published[0][0]:manifest_at]  # the graphs' entries, first
+    assert ("fsync", str(out)) in events[manifest_at:]
+
+
 def test_cli_onnx_and_inspect(tmp_path, checkpoint_factory):
     ckpt = checkpoint_factory(CONFIGS["conditioned"])
     r = CliRunner().invoke(main, ["onnx", "-c", str(ckpt), "-o", str(tmp_path / "d"), "--fp16"])
