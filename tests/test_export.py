@@ -266,7 +266,6 @@ def test_every_file_is_on_disk_before_its_name_is_published(tmp_path, checkpoint
     """Durability: each file's data is fsynced before it is renamed into the export directory, and the
     directory itself is fsynced before the manifest names the graphs and after the manifest is in place."""
     import os
-
     from pathlib import Path
 
     import reference_model.atomic as atomic
