@@ -18,9 +18,9 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from reference_model import WaveNetConfig, save_checkpoint  # noqa: E402
+from reference_model.sampling import uniforms  # noqa: E402
 from tests.conftest import CONFIGS, random_model  # noqa: E402
 from wn_export.backends.torch_ref import TorchStepRunner  # noqa: E402
-from reference_model.sampling import uniforms  # noqa: E402
 from wn_export.backends.triton.check import logit_check, loop_tokens, reference_logits  # noqa: E402
 from wn_export.backends.triton.runner import TritonStepRunner, load_kernel  # noqa: E402
 from wn_export.contract.specs import ring_offsets  # noqa: E402
