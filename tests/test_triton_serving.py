@@ -225,17 +225,19 @@ def test_streams_on_the_triton_kernel_draw_what_generate_draws(exports):
     wait for a row, mix settings; each stream's tokens equal `generate`'s for its seed on that backend."""
     from wn_export.serving.service import GenerationService
 
-    service = GenerationService(exports["small"], backend="triton", max_streams=3, chunk=16)
+    service = GenerationService(exports["small"], backend="triton", max_streams=3, chunk=7)
     assert service.backend == "triton" and service.setup == "triton" and not service.notice
     batcher = service.batcher
-    requests = {"a": (40, dict(seed=3)), "b": (30, dict(seed=4, temperature=0.7)),
-                "c": (21, dict(seed=5, method="greedy")), "d": (18, dict(seed=6))}
+    requests = {"a": (24, dict(seed=3)), "b": (19, dict(seed=4, temperature=0.7)),
+                "c": (12, dict(seed=5, method="greedy")), "d": (10, dict(seed=6))}
     sinks = {name: _Collect() for name in requests}
     for name, (n, options) in requests.items():
         batcher.submit(batcher.validate(n, **options), sinks[name])
         if name in "ab":
             batcher.step_burst()  # the next one joins a running batch
-    while batcher.busy:  # d waits for c's row
+    batcher.step_burst()
+    assert [s.sink for s in batcher.waiting] == [sinks["d"]]  # d waits for a free row
+    while batcher.busy:
         batcher.step_burst()
     service.close()
     with Generator(exports["small"], "triton") as gen:
