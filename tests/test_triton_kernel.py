@@ -162,8 +162,11 @@ def test_regroup_carries_rows_and_starts_new_ones():
     out = np.empty((n1, 3), dtype=np.int64)
     runner.generate_block(np.full(3, Q // 2), out, uniforms(3, n1, 3), 1.0, cond[:, :, :n1])
     assert np.array_equal(out.T, whole[:, :n1])
+    state = runner.state.clone()  # (B, N, R)
     runner.regroup([2, -1, 0], np.array([1, 2, 0]))  # row 1 leaves, a new stream joins between the others
     assert runner.batch == 3 and runner.position == n1
+    assert torch.equal(runner.state[0], state[2]) and torch.equal(runner.state[2], state[0])
+    assert state[1].any() and not runner.state[1].any()
     u = np.stack([uniforms(3, n2, 3, start=n1)[:, 2], uniforms(8, n2, 1)[:, 0], uniforms(3, n2, 3, start=n1)[:, 0]], 1)
     c = np.stack([cond[2, :, n1:], cond[1, :, :n2], cond[0, :, n1:]])
     out2 = np.empty((n2, 3), dtype=np.int64)
