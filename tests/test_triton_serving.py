@@ -34,14 +34,16 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A small categorical model in the full layout (every model) and a conditioned one in the ring layout."""
+    """A small categorical model in the full layout (every model), the same model in the ring layout (the
+    native loop's) and a conditioned one in the ring layout."""
     from reference_model import save_checkpoint
     from tests.conftest import random_model
     from wn_export.export.pipeline import export_directory
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
-    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("cond", CONFIGS["conditioned"], "ring")):
+    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("ring", CONFIGS["k2"], "ring"),
+                              ("cond", CONFIGS["conditioned"], "ring")):
         ckpt = root / f"{name}.safetensors"
         save_checkpoint(random_model(cfg, seed=1), ckpt)
         export_directory(root / name, ckpt, layout=layout, fp16=name == "small")
@@ -231,14 +233,17 @@ def test_streams_on_the_triton_kernel_draw_what_generate_draws(exports):
     requests = {"a": (24, dict(seed=3)), "b": (19, dict(seed=4, temperature=0.7)),
                 "c": (12, dict(seed=5, method="greedy")), "d": (10, dict(seed=6))}
     sinks = {name: _Collect() for name in requests}
+    assert batcher.min_rows == 1  # the kernel's rows do not depend on the batch: a lone stream runs alone
     for name, (n, options) in requests.items():
         batcher.submit(batcher.validate(n, **options), sinks[name])
         if name in "ab":
             batcher.step_burst()  # the next one joins a running batch
+            assert batcher.runner.batch == {"a": 1, "b": 2}[name]
     batcher.step_burst()
     assert [s.sink for s in batcher.waiting] == [sinks["d"]]  # d waits for a free row
     while batcher.busy:
         batcher.step_burst()
+    assert batcher.native  # every burst ran in the kernel's blocks (generate_block), none fell back to steps
     service.close()
     with Generator(exports["small"], "triton") as gen:
         for name, (n, options) in requests.items():
@@ -599,17 +604,19 @@ def _step_twin(repo, twin_root):
 
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    """tritonserver with the small model's generate model, the conditioned one's (prefix cond_) and the
-    step model's python twin. Stopped (process group killed) by the finaliser."""
+    """tritonserver with the small model's generate model, the ring export's (prefix ring_), the conditioned
+    one's (prefix cond_) and the step model's python twin. Stopped (process group killed) by the finaliser."""
     from wn_export.serving.local_server import LocalTriton
 
     root = tmp_path_factory.mktemp("repos")
     assert _run("triton", exports["small"], "-o", root / "small", "--chunk", CHUNK).exit_code == 0
     assert _run("triton", exports["cond"], "-o", root / "cond", "--models", "generate", "--prefix", "cond_",
                 "--chunk", CHUNK).exit_code == 0
+    assert _run("triton", exports["ring"], "-o", root / "ring", "--models", "generate", "--prefix", "ring_",
+                "--chunk", CHUNK).exit_code == 0
     _step_twin(root / "small", root / "twin")
-    server = LocalTriton([root / "small", root / "cond", root / "twin"],
-                         models=["generate", "cond_generate", "step_python"], startup_timeout=120)
+    server = LocalTriton([root / "small", root / "ring", root / "cond", root / "twin"],
+                         models=["generate", "ring_generate", "cond_generate", "step_python"], startup_timeout=120)
     server.start()
     yield server
     server.stop()
@@ -654,6 +661,49 @@ def test_16_concurrent_streams_equal_generate(server, exports, protocol):
     for i, (tokens, wave) in enumerate(results):
         assert np.array_equal(tokens, want[i]), i
         assert np.array_equal(wave, audio[i]), i
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_16_plain_requests_each_equal_generate_batch_1(server, exports, protocol):
+    """Plain requests (no stream layout) with their own seeds and temperatures, served concurrently from a
+    ring-layout export, each draw exactly `wn-export generate --seed S [--temperature T]` (batch 1)."""
+    from wn_export.serving.client import stream
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    settings = [dict(seed=100 + i, temperature=(1.0, 0.8, 1.2)[i % 3]) for i in range(15)] + [dict(method="greedy")]
+
+    def one(i):
+        chunks = stream(url, N, model="ring_generate", timeout=TIMEOUT, **settings[i])
+        return np.concatenate([c.tokens for c in chunks])
+
+    results = _concurrent(one, 16)
+    with Generator(exports["ring"]) as gen:
+        for i, tokens in enumerate(results):
+            assert np.array_equal(tokens, gen.generate(N, **settings[i])[0]), settings[i]
+
+
+def test_a_grpc_client_that_cancels_frees_its_stream_in_the_server(server, exports):
+    """Closing a gRPC stream cancels the request (stop_stream(cancel_requests=True)); the server drops the
+    stream at its next chunk, long before its samples are done, and says so in its log."""
+    import re
+
+    from wn_export.serving.client import stream
+
+    n = 5_000_000
+    chunks = stream(server.grpc_url, n, model="ring_generate", seed=1, timeout=TIMEOUT)
+    first = next(chunks)
+    assert first.offset == 0 and len(first.tokens) == CHUNK
+    chunks.close()  # the client goes away after one chunk
+    deadline, found = time.monotonic() + TIMEOUT, None
+    while found is None and time.monotonic() < deadline:
+        found = re.search(rb"cancelled by its client after ([0-9,]+) samples", server._log_bytes())
+        time.sleep(0.05)
+    assert found is not None, server.log_tail()
+    assert int(found.group(1).replace(b",", b"")) < n // 10
+    with Generator(exports["ring"]) as gen:  # the server goes on serving
+        again = np.concatenate([c.tokens for c in stream(server.grpc_url, N, model="ring_generate", seed=1,
+                                                         timeout=TIMEOUT)])
+        assert np.array_equal(again, gen.generate(N, seed=1)[0])
 
 
 def test_client_wav_equals_wn_export_generate(server, exports, tmp_path):
@@ -800,3 +850,39 @@ def test_a_generation_model_whose_host_cannot_load_fails_to_load_clearly(exports
     finally:
         server.stop()
     assert time.monotonic() - t0 < 60 and not server.group_alive()
+
+
+@pytest.fixture(scope="module")
+def demo_ring(tmp_path_factory):
+    """The trained demo model in the ring layout: the ONNX Runtime host runs its native loop."""
+    from wn_export import demo_checkpoint
+    from wn_export.export.pipeline import export_directory
+
+    directory = tmp_path_factory.mktemp("demo") / "export"
+    export_directory(directory, demo_checkpoint())
+    return directory
+
+
+def test_lone_streams_run_at_batch_1_and_equal_generate_batch_1(demo_ring):
+    """A plain request draws exactly `wn-export generate --batch 1 --seed S`, alone or beside others, with
+    its own temperature: the native loop's rows do not depend on the batch, so no padding row is needed."""
+    from wn_export.serving.streams import StreamBatcher
+
+    n, seeds = 5000, range(12)
+    batcher = StreamBatcher(Generator(demo_ring), max_streams=16, chunk=700)
+    assert batcher.min_rows == 1 and batcher.runner.batch_invariant
+    alone = _Collect()
+    batcher.submit(batcher.validate(n, seed=seeds[0]), alone)
+    batcher.step_burst()
+    assert batcher.runner.batch == 1  # no padding row
+    sinks = {seeds[0]: alone}
+    for seed in seeds[1:]:  # the others join the running batch at different positions
+        sinks[seed] = _Collect()
+        batcher.submit(batcher.validate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0), sinks[seed])
+        batcher.step_burst()
+    while batcher.busy:
+        batcher.step_burst()
+    with Generator(demo_ring) as gen:
+        for seed, sink in sinks.items():
+            want = gen.generate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0)[0]
+            assert sink.error is None and np.array_equal(sink.values, want), seed

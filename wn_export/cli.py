@@ -178,7 +178,7 @@ def info(checkpoint: Path | None):
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Export directory (created; files inside are replaced atomically).")
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 graphs.")
-@click.option("--w16", is_flag=True, help="Also write step.w16.onnx: FP32 compute with 16-bit (float16) weights.")
+@click.option("--w16", is_flag=True, help="Also write step.w16.onnx and scoring.w16.onnx: FP32 compute with 16-bit (float16) weights.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @click.option("--state-layout", type=click.Choice(["ring", "full"]), default="ring", show_default=True,
               help="Step-graph state layout (README: 'State layout').")

@@ -50,6 +50,10 @@ class ScoringRunner(Runner):
 
 
 class StepRunner(Runner):
+    # Whether generate_block's rows are bit-identical whatever the batch they run in (same stream, same
+    # tokens at batch 1 and as a row of batch N): a server may then run a lone stream at batch 1.
+    batch_invariant: bool = False
+
     @abstractmethod
     def reset(self, batch: int, speaker: np.ndarray | None = None) -> None: ...
 
@@ -63,9 +67,9 @@ class StepRunner(Runner):
         sample → True; False when the runner has none, or cannot honour an argument (the loop then calls
         `step` per sample). first (B,) int64 is the first step's input, out (steps, B) int64 receives the
         drawn tokens (each the next step's input), u (steps, B) float64 the uniforms of
-        `reference_model.sampling` (None: greedy), temperature one value or (B,) float64 per row (0: greedy
-        for that row, whose uniforms are then ignored), cond (B, C, ≥ steps) the per-sample conditioning;
-        the streams' state and position advance as `step`'s would, and the draws are those of
+        `reference_model.sampling` (None: greedy), temperature a float or (B,) float64 per row (0: that row
+        is greedy; u then covers every row), cond (B, C, ≥ steps) the per-sample conditioning; the streams'
+        state and position advance as `step`'s would, and the draws are those of
         `reference_model.sampling.draw`. step_ns (steps,) int64, if given, receives each step's wall time."""
         return False
 

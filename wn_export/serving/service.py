@@ -64,10 +64,10 @@ class GenerationService:
             self.gen = _open_host(directory, "onnxruntime", threads, None)
         self.cfg = self.gen.cfg
         self.max_samples = max_samples
-        limit, min_rows = self.gen.max_batch, 2
+        limit, min_rows = self.gen.max_batch, None  # None: the batcher's rule
         if limit is not None and limit < max_streams:  # the engine's profile bounds one step call
             self.notice += ("; " if self.notice else "") + f"max_streams {max_streams} → {limit} (the engine's profile)"
-            max_streams, min_rows = limit, min(min_rows, limit)
+            max_streams, min_rows = limit, 1 if limit < 2 else None
         self.batcher = StreamBatcher(self.gen, max_streams=max_streams, chunk=chunk, min_rows=min_rows)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None

@@ -309,6 +309,12 @@ class OrtStepRunner(StepRunner):
                 plan.carry(old.get(name), self.buffers[name], s.init)  # (batch, …)
         self.position = position
 
+    @property
+    def batch_invariant(self) -> bool:
+        """The native loop's kernels compute each row in one fixed order (plugins/ort/kernels.h), at any batch
+        size and thread split."""
+        return self.loop is not None
+
     def generate_block(self, first, out, u=None, temperature=1.0, cond=None, step_ns=None) -> bool:
         """len(out) steps in one native call (the fused graph's native loop: no Python per sample) → True, or
         False when this runner has none (see `StepRunner.generate_block`)."""

@@ -48,6 +48,7 @@ def load_kernel():
 
 class TritonStepRunner(StepRunner):
     name = "triton"
+    batch_invariant = True  # one program per stream, the same code at any grid: a row never sees the batch
 
     def __init__(self, manifest, graph: str = "step", *, device: str | None = None, num_warps: int = 4,
                  block_h: int | None = None, block_o: int | None = None, checkpoint=None,

@@ -26,8 +26,10 @@ class _Sender:
 
     def __init__(self, sender, decode, tokens: bool):
         self.sender, self.decode, self.tokens = sender, decode, tokens
+        self.sent = 0  # samples sent
 
     def chunk(self, offset, values):
+        self.sent = offset + len(values)
         outputs = [pb_utils.Tensor("audio", self.decode(values)),
                    pb_utils.Tensor("offset", np.array([offset], dtype=np.int64))]
         if self.tokens:
@@ -39,7 +41,10 @@ class _Sender:
         if error is None:
             self.sender.send(flags=final)
         else:
-            code = pb_utils.TritonError.CANCELLED if "cancelled" in error else pb_utils.TritonError.UNAVAILABLE
+            cancelled = "cancelled" in error
+            if cancelled:
+                pb_utils.Logger.log_info(f"a stream was cancelled by its client after {self.sent:,} samples")
+            code = pb_utils.TritonError.CANCELLED if cancelled else pb_utils.TritonError.UNAVAILABLE
             self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(error, code)), flags=final)
 
     def cancelled(self):
