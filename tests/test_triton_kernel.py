@@ -152,7 +152,7 @@ def test_regroup_carries_rows_and_starts_new_ones():
     cfg, _ = CASES["k3-conditioned"]
     model = random_model(cfg, seed=2)
     rng = np.random.default_rng(0)
-    n1, n2, Q = cfg.receptive_field + 2, 6, cfg.quantization_channels
+    n1, n2, Q = 5, 4, cfg.quantization_channels
     cond = rng.standard_normal((3, cfg.local_channels, n1 + n2)).astype(np.float32)
     speaker = np.array([0, 2, 1])
     runner = TritonStepRunner.from_model(model, "fp32")
