@@ -368,6 +368,8 @@ def _write_generate(manifest: Manifest, root: Path, opts: Options):
     shutil.copyfile(manifest.directory / "manifest.json", export / "manifest.json")
     for graph in manifest.graphs.values():
         shutil.copyfile(graph.path, export / graph.file)
+    for plan in manifest.native_loops.values():  # the manifest records them: the copy needs them too
+        shutil.copyfile(plan.path, export / plan.file)
     return cfg
 
 

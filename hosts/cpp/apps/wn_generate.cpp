@@ -157,6 +157,7 @@ int run(int argc, char** argv) {
   if (split_arg != "auto" && split_arg != "alone" && split_arg != "pipeline" && split_arg != "rows")
     throw cli::Usage("--split must be auto, alone, pipeline or rows (got '" + split_arg + "')");
   const std::string backend_name = args.get("--backend", "onnxruntime");
+  args.integer("--threads", 0, 0, wn::limits::kMaxThreads);  // checked here too: the native loop never reads it
 
   // ---- the manifest, validated for this batch
   const wn::Manifest manifest = wn::read_manifest(args.positional[0], !args.has("--no-verify"));

@@ -165,9 +165,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path, int64_t max_bytes) : p
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (const auto& [name, t] : tensors_) ranges.emplace_back(t.begin, t.begin + t.bytes);
     std::sort(ranges.begin(), ranges.end());
+    for (size_t i = 1; i < ranges.size(); ++i)
+      if (ranges[i].first < ranges[i - 1].second) fail("two tensors' data overlap");
     int64_t at = 0;
     for (const auto& [b, e] : ranges) {
-      if (b != at) fail(b < at ? "two tensors' data overlap" : "its data section has a gap at byte " + std::to_string(at));
+      if (b != at) fail("its data section has a gap at byte " + std::to_string(at));
       at = e;
     }
     if (at != data_bytes)
