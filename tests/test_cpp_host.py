@@ -213,8 +213,8 @@ NATIVE_CASES = [  # (export, graph, batch, extra wn_generate arguments, python k
     ("plain-ring", "step.w16", 3, [], {}),
     ("speaker-ring", "step", 3, ["--speaker", "2,0,1"], {"speaker": np.array([2, 0, 1])}),
     ("speaker-ring", "step.w16", 1, ["--speaker", 1], {"speaker": np.array([1])}),
-    ("local-ring", "step", 3, ["--speaker", "1,0,1"], {"speaker": np.array([1, 0, 1])}),
-    ("local-ring", "step.w16", 1, ["--speaker", 0], {"speaker": np.array([0])}),
+    ("local-ring", "step", 3, ["--speaker", "1,0,1", "--chunk", 128], {"speaker": np.array([1, 0, 1])}),
+    ("local-ring", "step.w16", 1, ["--speaker", 0, "--chunk", 100], {"speaker": np.array([0])}),
 ]
 
 
