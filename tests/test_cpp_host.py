@@ -276,6 +276,26 @@ def test_native_loop_says_which_path_ran(host, exports, tmp_path):
     assert proc.returncode == 2 and "--split must be auto, alone, pipeline or rows" in proc.stderr
 
 
+def test_bench_measures_the_cpp_host(host, exports):
+    """`wn-export bench` has C++ rows (fp32 and w16 plans) when the host is built, judged against the same floor
+    as the Python host's rows; none without the C++ host or for local conditioning."""
+    from wn_export.bench import run as bench
+
+    kw = dict(batches=(1, 2), seconds=0.02, rounds=2, min_steps=3, scoring=False, package_baseline=False,
+              baseline_1thread=False)
+    report = bench.run_bench(exports["speaker-ring"], cpp=host / "wn_generate", **kw)
+    for b in (1, 2):
+        for name, weights in ((bench.CPP, "fp32"), (f"{bench.CPP} (w16)", "w16")):
+            row = report.get("step", name, b)
+            assert row is not None and row.weights == weights and len(row.rounds) == 2, (name, b)
+            assert row.samples_per_s > 0 and row.p50_ms > 0 and report.floor_share(row) is not None
+            assert "native loop" in row.note and "(the Python host's split)" in row.note
+    assert report.settings["cpp_host"] == str(host / "wn_generate")
+    assert not [r for r in bench.run_bench(exports["speaker-ring"], cpp=False, **kw).results if bench.CPP in r.backend]
+    assert not [r for r in bench.run_bench(exports["local-ring"], cpp=host / "wn_generate", **kw).results
+                if bench.CPP in r.backend]
+
+
 # ---- scoring --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["plain-ring", "local-ring"])
 def test_score_matches_scoring_graph(host, exports, tmp_path, name):
