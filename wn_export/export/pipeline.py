@@ -164,7 +164,7 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     if fused_step:
         jobs += [("step", p, "fused") for p in ((FP32, FP16) if fp16 else (FP32,))]
     names = [graph_name(kind, precision.name, variant) for kind, precision, variant in jobs]
-    plans = [native_file(n) for n in names if n.startswith("step") and variant_free(n)]
+    plans = [_native_file(n) for n in names if n.startswith("step") and ".fused" not in n]  # may be written
     for file in [f"{n}.onnx" for n in names] + plans + [FILENAME]:
         check_output(out_dir / file, [checkpoint])
     for precision in {precision for _, precision, _ in jobs}:
@@ -174,15 +174,10 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
         return _export_jobs(model, checkpoint, out_dir, jobs, opset, layout, progress)
 
 
-def native_file(name: str) -> str:
+def _native_file(name: str) -> str:
     from wn_export.backends.onnxruntime.native_plan import file_name
 
     return file_name(name)
-
-
-def variant_free(name: str) -> bool:
-    """A step graph the native loop may run: not the fused (TensorRT plugin) variant."""
-    return ".fused" not in name
 
 
 def _native_plans(staging: Path, progress: Callable[[str], None] | None) -> dict:
@@ -237,7 +232,7 @@ def _export_jobs(model: WaveNet, checkpoint: Path, out_dir: Path, jobs: list, op
             (staging / entry["file"]).replace(out_dir / entry["file"])
         for name in graphs:  # a plan of an earlier export that this one has not derived would be stale
             if name not in loops:
-                (out_dir / native_file(name)).unlink(missing_ok=True)
+                (out_dir / _native_file(name)).unlink(missing_ok=True)
         (staging / "manifest.json").replace(out_dir / "manifest.json")
         return manifest
     finally:
