@@ -296,6 +296,20 @@ def test_bench_measures_the_cpp_host(host, exports):
                 if bench.CPP in r.backend]
 
 
+def test_bench_refuses_a_cpp_host_that_is_not_this_wn_generate(exports, tmp_path):
+    """An old build (without the native loop's options) or another program is one clear error, not a failed
+    row deep in the run."""
+    from wn_export.bench import run as bench
+    from wn_export.errors import InputError
+
+    old = tmp_path / "wn_generate"
+    old.write_text("#!/bin/sh\necho 'usage: wn_generate DIR -o OUT [-n N] [--batch B]'\n")
+    old.chmod(0o755)
+    with pytest.raises(InputError, match="older than this wn-export.*--no-cpp"):
+        bench.run_bench(exports["speaker-ring"], cpp=old, batches=(1,), seconds=0.02, rounds=1, min_steps=2,
+                        scoring=False, package_baseline=False, baseline_1thread=False)
+
+
 # ---- scoring --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["plain-ring", "local-ring"])
 def test_score_matches_scoring_graph(host, exports, tmp_path, name):

@@ -412,8 +412,15 @@ class _CppRow:
 def _cpp_rows(exe: Path | None, dirs: dict, main_layout: str, cfg) -> list[_CppRow]:
     if exe is None or cfg.local:  # local conditioning would need a per-sample feature file per run
         return []
+    import subprocess
+
     from wn_export.contract.manifest import read_manifest
 
+    usage = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    missing = [o for o in ("--split", "--json", "--graph") if o not in usage.stdout + usage.stderr]
+    if missing:
+        raise InputError(f"{exe} takes no {', '.join(missing)}: it is older than this wn-export (rebuild it with "
+                         "hosts/cpp/build.sh) or not wn_generate; pass --no-cpp to leave the C++ rows out")
     plans = read_manifest(dirs[main_layout]).native_loops
     return [_CppRow(name, dirs[main_layout], graph, weights, python)
             for name, graph, weights, python in ((CPP, "step", "fp32", HOST), (f"{CPP} (w16)", "step.w16", "w16", W16))
