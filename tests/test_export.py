@@ -284,7 +284,8 @@ def test_every_file_is_on_disk_before_its_name_is_published(tmp_path, checkpoint
     export_directory(out, checkpoint_factory(CONFIGS["k2"]))
     assert ex.fsync_file is atomic.fsync_file
     published = [(i, e) for i, e in enumerate(events) if e[0] == "replace" and Path(e[2]).parent == out]
-    assert {Path(e[2]).name for _, e in published} == {"scoring.onnx", "step.onnx", "manifest.json"}
+    assert {Path(e[2]).name for _, e in published} == {"scoring.onnx", "step.onnx", "step.native.safetensors",
+                                                       "manifest.json"}
     def flushed(name: str, before: int) -> bool:  # fsynced under this name, or under a name renamed to it
         for j in range(before - 1, -1, -1):
             if events[j] == ("fsync", name):
