@@ -125,15 +125,27 @@ struct HeadArgs {
 
 void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split);
 
+// Work of the caller's that needs the layer chain's outputs (X) but not the head's: run_step calls it on the
+// calling thread once the chain is done, while the helper finishes the skip sum.
+struct StepHook {
+  void (*fn)(const void* ctx, int64_t r0, int64_t r1);
+  const void* ctx;
+};
+
 // The layer chain and then the head (h.skip must be a.skip), kAlone or kPipeline; in the pipeline the helper's
-// skip projections and the head's column halves are one job (no hand-over between the two).
-void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split);
+// skip projections and the head's column halves are one job (no hand-over between the two). `hook` (or null)
+// runs between the chain and the head.
+void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split,
+              const StepHook* hook = nullptr);
 
 // Rows [0, B) in two halves, one per thread (kRows): fn(ctx, r0, r1) for each half.
 void split_rows(int64_t B, void (*fn)(const void* ctx, int64_t r0, int64_t r1), const void* ctx);
 
-// The inverse-CDF draw of reference_model.sampling for one row (sampler.cc).
+// The inverse-CDF draw of reference_model.sampling for one row (sampler.cc): sample_row's token is exact_row's,
+// computed faster (checked vector exps); scratch holds sample_scratch(classes) doubles.
 int64_t sample_row(const float* logits, int64_t classes, double u, double temperature, double* scratch);
+int64_t exact_row(const float* logits, int64_t classes, double u, double temperature, double* scratch);
+int64_t sample_scratch(int64_t classes);
 // numpy.argmax of one row: the first maximum, or the first NaN.
 int64_t argmax_row(const float* logits, int64_t classes);
 

@@ -58,17 +58,17 @@ struct Loop {
   wn::LayersArgs layers;
   wn::HeadArgs head;
   float *x0, *taps, *gate_in, *cond_t;  // gate_in: with local conditioning only
-  double* cdf;  // (2, Q): one row per batch half
+  double* cdf;  // (2, cdf_ld): the sampler's scratch, one row per batch half
+  int64_t cdf_ld;
   std::vector<int64_t> dilation;
 
-  // Step t of streams [r0, r1): everything from the input token to the drawn one.
-  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
-    const int64_t B = run.batch, R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, Q = m.Q, K1 = m.kernel - 1;
+  // The inputs of step t of streams [r0, r1) that do not depend on its token: the ring taps and the gate
+  // pre-activation's conditioning.
+  void inputs(int64_t t, int64_t r0, int64_t r1) const {
+    const int64_t R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, K1 = m.kernel - 1;
     const int64_t C = m.cond_channels;
     const int64_t pos = run.position + t;
-    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
     for (int64_t b = r0; b < r1; ++b) {
-      std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
       const float* state = run.state + b * m.state_rows * R;
       float* tap = taps + b * L * P;
       for (int64_t l = 0; l < L; ++l)
@@ -81,16 +81,41 @@ struct Loop {
     if (C > 0)  // gate_in = gate_base + cond_t · W_cond
       wn::gemm_from(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
                     run.gate_base + r0 * run.gate_base_ld, run.gate_base_ld, gate_in + r0 * L * G2, L * G2);
-    wn::run_step(layers, head, r0, r1, split);
-    int64_t* out = run.tokens + t * B;
-    double* c = cdf + (r0 == 0 ? 0 : Q);  // one row per thread
-    for (int64_t b = r0; b < r1; ++b) {
-      float* state = run.state + b * m.state_rows * R;
-      const float* x = layers.X + b * L * R;
-      for (int64_t l = 0; l < L; ++l) {
-        float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
-        for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
+  }
+
+  // Step t's ring-state update (x_l + input_bias_l into row offset_l + t mod length_l of layer l's ring), then the
+  // next step's inputs: once the layer chain is done (its taps and gate pre-activation are read), before the head.
+  struct AfterChain {
+    const Loop* loop;
+    int64_t t;
+    static void run(const void* ctx, int64_t r0, int64_t r1) {
+      const AfterChain& a = *static_cast<const AfterChain*>(ctx);
+      const Loop& lp = *a.loop;
+      const WnLoopModel& m = lp.m;
+      const int64_t R = m.R, L = m.L, pos = lp.run.position + a.t;
+      for (int64_t b = r0; b < r1; ++b) {
+        float* state = lp.run.state + b * m.state_rows * R;
+        const float* x = lp.layers.X + b * L * R;
+        for (int64_t l = 0; l < L; ++l) {
+          float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
+          for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
+        }
       }
+      if (a.t + 1 < lp.run.steps) lp.inputs(a.t + 1, r0, r1);
+    }
+  };
+
+  // Step t of streams [r0, r1): everything from the input token to the drawn one (its inputs() are ready).
+  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
+    const int64_t B = run.batch, R = m.R, Q = m.Q;
+    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
+    for (int64_t b = r0; b < r1; ++b) std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
+    const AfterChain after{this, t};
+    const wn::StepHook hook{AfterChain::run, &after};
+    wn::run_step(layers, head, r0, r1, split, &hook);
+    int64_t* out = run.tokens + t * B;
+    double* c = cdf + (r0 == 0 ? 0 : cdf_ld);  // one row per thread
+    for (int64_t b = r0; b < r1; ++b) {
       const float* logits = run.logits + b * Q;
       out[b] = run.u ? wn::sample_row(logits, Q, run.u[t * B + b], run.temperature, c) : wn::argmax_row(logits, Q);
     }
@@ -105,6 +130,7 @@ struct Loop {
     };
     for (int64_t t = 0; t < run.steps; ++t) {
       const auto t0 = std::chrono::steady_clock::now();
+      if (t == 0) inputs(0, 0, run.batch);  // then each step prepares the next one's
       if (split == wn::kRows && run.batch > 1) {
         const Half half{this, t};
         wn::split_rows(run.batch, [](const void* c, int64_t r0, int64_t r1) {
@@ -154,7 +180,8 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   float* pre = take(B * L * 2 * G);
   float* hidden = take(B * (S + m.H));
   thread_local std::vector<double> cdf;
-  cdf.resize(static_cast<size_t>(2 * Q));
+  const int64_t cdf_ld = wn::sample_scratch(Q);
+  cdf.resize(static_cast<size_t>(2 * cdf_ld));
   const bool half = m.weights_half != 0;
   Loop loop{m, r,
             // without local conditioning the gate's pre-activation is gate_base itself, read in place
@@ -164,7 +191,7 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
                            static_cast<float>(m.skip_scale), skip, X, H, acc, res, pre},
             wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
                          m.head_b2, r.logits, hidden},
-            x0, taps, gate_in, cond_t, cdf.data(), {}};
+            x0, taps, gate_in, cond_t, cdf.data(), cdf_ld, {}};
   for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
   loop.block(static_cast<wn::Split>(r.split));
   return 0;
