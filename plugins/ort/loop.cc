@@ -61,20 +61,34 @@ struct Loop {
   double* cdf;  // (2, cdf_ld): the sampler's scratch, one row per batch half
   int64_t cdf_ld;
   std::vector<int64_t> dilation;
+  int64_t* phase;  // (2, L): (position + t) mod length_l for the current step t, then for step t + 1
 
-  // The inputs of step t of streams [r0, r1) that do not depend on its token: the ring taps and the gate
-  // pre-activation's conditioning.
-  void inputs(int64_t t, int64_t r0, int64_t r1) const {
+  // The first step's phases, then one step on (block() between steps: no other thread reads them then).
+  void start_phases() const {
+    for (int64_t l = 0; l < m.L; ++l) {
+      phase[l] = run.position % m.ring_length[l];
+      phase[m.L + l] = phase[l] + 1 == m.ring_length[l] ? 0 : phase[l] + 1;
+    }
+  }
+  void next_phases() const {
+    for (int64_t l = 0; l < m.L; ++l) {
+      phase[l] = phase[m.L + l];
+      phase[m.L + l] = phase[l] + 1 == m.ring_length[l] ? 0 : phase[l] + 1;
+    }
+  }
+
+  // The inputs of a step of streams [r0, r1) that do not depend on its token: the ring taps (ph: the step's
+  // phases) and the gate pre-activation's conditioning (t: the step).
+  void inputs(int64_t t, const int64_t* ph, int64_t r0, int64_t r1) const {
     const int64_t R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, K1 = m.kernel - 1;
     const int64_t C = m.cond_channels;
-    const int64_t pos = run.position + t;
     for (int64_t b = r0; b < r1; ++b) {
       const float* state = run.state + b * m.state_rows * R;
       float* tap = taps + b * L * P;
       for (int64_t l = 0; l < L; ++l)
         for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
-          const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
-          std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
+          const int64_t i = ph[l] + j * dilation[l], n = m.ring_length[l];  // i < 2n: j·d < (K−1)·d = n
+          std::memcpy(tap + l * P + j * R, state + (m.ring_offset[l] + (i < n ? i : i - n)) * R, R * sizeof(float));
         }
       for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
     }
@@ -92,16 +106,16 @@ struct Loop {
       const AfterChain& a = *static_cast<const AfterChain*>(ctx);
       const Loop& lp = *a.loop;
       const WnLoopModel& m = lp.m;
-      const int64_t R = m.R, L = m.L, pos = lp.run.position + a.t;
+      const int64_t R = m.R, L = m.L;
       for (int64_t b = r0; b < r1; ++b) {
         float* state = lp.run.state + b * m.state_rows * R;
         const float* x = lp.layers.X + b * L * R;
         for (int64_t l = 0; l < L; ++l) {
-          float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
+          float* row = state + (m.ring_offset[l] + lp.phase[l]) * R;
           for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
         }
       }
-      if (a.t + 1 < lp.run.steps) lp.inputs(a.t + 1, r0, r1);
+      if (a.t + 1 < lp.run.steps) lp.inputs(a.t + 1, lp.phase + L, r0, r1);
     }
   };
 
@@ -130,7 +144,12 @@ struct Loop {
     };
     for (int64_t t = 0; t < run.steps; ++t) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (t == 0) inputs(0, 0, run.batch);  // then each step prepares the next one's
+      if (t == 0) {
+        start_phases();
+        inputs(0, phase, 0, run.batch);  // then each step prepares the next one's
+      } else {
+        next_phases();
+      }
       if (split == wn::kRows && run.batch > 1) {
         const Half half{this, t};
         wn::split_rows(run.batch, [](const void* c, int64_t r0, int64_t r1) {
@@ -191,8 +210,10 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
                            static_cast<float>(m.skip_scale), skip, X, H, acc, res, pre},
             wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
                          m.head_b2, r.logits, hidden},
-            x0, taps, gate_in, cond_t, cdf.data(), cdf_ld, {}};
+            x0, taps, gate_in, cond_t, cdf.data(), cdf_ld, {}, nullptr};
   for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
+  std::vector<int64_t> phases(static_cast<size_t>(2 * L));
+  loop.phase = phases.data();
   loop.block(static_cast<wn::Split>(r.split));
   return 0;
 }

@@ -25,6 +25,10 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace wn {
 namespace {
 
@@ -43,6 +47,24 @@ inline vd splat(double x) {
   for (int i = 0; i < DW; ++i) v[i] = x;
   return v;
 }
+
+// The sum of a vector's lanes (pairwise; in registers where the ISA has it)
+inline double lane_sum(vd v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#elif defined(__AVX__)
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(reinterpret_cast<__m256d>(v)),
+                               _mm256_extractf128_pd(reinterpret_cast<__m256d>(v), 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#else
+  double a[DW];
+  std::memcpy(a, &v, sizeof a);
+  for (int w = DW / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  return a[0];
+#endif
+}
+constexpr int kBlock = 2 * DW;  // values per block sum
 
 constexpr double kExpMin = -708.0;  // below: exp(x) < 2⁻¹⁰²¹, taken as 0 (an absolute error < 2⁻¹⁰²¹)
 
@@ -133,17 +155,20 @@ int64_t sample_row(const float* l, int64_t classes, double u, double temperature
     mx = p[i] > mx ? p[i] : mx;
   }
   if (!std::isfinite(mx)) return exact_rows.fetch_add(1, std::memory_order_relaxed), exact_row(l, Q, u, temperature, p);
-  // p̃_i = exp(z_i − max), and the total in blocks of DW (NaN z: a NaN total, sent to exact_row below)
+  // p̃_i = exp(z_i − max), each block's sum, their total (NaN z: a NaN total, sent to exact_row below)
+  const int64_t blocks = (Q + kBlock - 1) / kBlock;
+  double* sums = p + blocks * kBlock;
   double total = 0.0;
-  for (int64_t i = 0; i < Q; i += DW) {
-    vd z;
-    std::memcpy(&z, p + i, sizeof z);  // past Q: scratch lanes, zeroed below
-    vd e = exp_vector(z - splat(mx));
-    for (int j = 0; j < DW; ++j) e[j] = i + j < Q ? e[j] : 0.0;
-    std::memcpy(p + i, &e, sizeof e);
-    double s = 0.0;
-    for (int j = 0; j < DW; ++j) s += e[j];
-    total += s;
+  for (int64_t i = Q; i < blocks * kBlock; ++i) p[i] = -INFINITY;  // the last block's tail: exp → 0
+  for (int64_t i = 0, k = 0; i < Q; i += kBlock, ++k) {
+    vd z0, z1;
+    std::memcpy(&z0, p + i, sizeof z0);
+    std::memcpy(&z1, p + i + DW, sizeof z1);
+    const vd e0 = exp_vector(z0 - splat(mx)), e1 = exp_vector(z1 - splat(mx));
+    std::memcpy(p + i, &e0, sizeof e0);
+    std::memcpy(p + i + DW, &e1, sizeof e1);
+    sums[k] = lane_sum(e0 + e1);
+    total += sums[k];
   }
   // |c̃_i − c_i| ≤ E for every i (exp errors, summation in any order of ≤ Q terms, flushed tiny values):
   // E ≤ total·(1.01·kExpError + 2.01·Q·2⁻⁵³) + Q·2⁻¹⁰²⁰; M also covers the targets' rounding.
@@ -153,12 +178,7 @@ int64_t sample_row(const float* l, int64_t classes, double u, double temperature
   // the block where the running sum passes the target, then the element
   double before = 0.0;
   int64_t i = 0;
-  for (; i + DW < Q; i += DW) {
-    double s = 0.0;
-    for (int j = 0; j < DW; ++j) s += p[i + j];
-    if (before + s > target) break;
-    before += s;
-  }
+  for (int64_t k = 0; k + 1 < blocks && before + sums[k] <= target; ++k, i += kBlock) before += sums[k];
   double c = before;  // c̃_{k̃−1} (0 before the first)
   int64_t k = i;
   for (; k < Q; ++k) {
@@ -175,7 +195,7 @@ int64_t sample_row(const float* l, int64_t classes, double u, double temperature
 }
 
 int64_t exact_rows_count() { return exact_rows.load(); }
-int64_t sample_scratch(int64_t classes) { return classes + DW; }
+int64_t sample_scratch(int64_t classes) { return (classes + kBlock - 1) / kBlock * (kBlock + 1); }  // values, block sums
 
 int64_t argmax_row(const float* l, int64_t classes) {
   int64_t best = 0;
