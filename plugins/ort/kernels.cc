@@ -522,6 +522,8 @@ void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) 
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
+    if (l + 1 < k0 && M == 1)  // the next layer's taps (another thread may have written them): asked for ahead
+      for (int64_t i = 0; i < P; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(taps + (l + 1) * P + i);
     // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
     // (whichever thread computed the first part, the result is the same bits)
     const Packed w = a.w_gate.matrix(l, G2);
@@ -623,6 +625,7 @@ void relu_skip(const HeadArgs& a, int64_t r0, int64_t r1) {  // hidden[:, :S] = 
 // The last layer's skip projection over the columns of part `part`, then the skip sum's scaling and (with a head)
 // its ReLU into the head's input, for those columns.
 void skip_last(const LayersArgs& a, const HeadArgs* h, int64_t r0, int64_t r1, int64_t part) {
+  if (part == 0 && a.after_layer != nullptr) a.after_layer(a.after_ctx, a.L - 1, r0, r1);
   int64_t n0, n1;
   part_columns(a.S, part, kHeadParts, &n0, &n1);
   if (n0 >= n1) return;
@@ -655,7 +658,11 @@ struct StepJob {
     const int64_t L = j.a->L, n = j.pre();
     if (t < n) return past_taps(*j.a, j.r0, j.r1, j.k0 + t);
     t -= n;
-    if (t < L - 1) return skip_layer(*j.a, j.r0, j.r1, t, 0, j.a->S);
+    if (t < L - 1) {
+      skip_layer(*j.a, j.r0, j.r1, t, 0, j.a->S);
+      if (j.a->after_layer != nullptr) j.a->after_layer(j.a->after_ctx, t, j.r0, j.r1);
+      return;
+    }
     const int64_t k = t - (L - 1);
     if (k < kHeadParts) return skip_last(*j.a, j.with_head ? j.h : nullptr, j.r0, j.r1, k);
     (k < 2 * kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);

@@ -107,6 +107,10 @@ struct LayersArgs {
   float* acc;        // (B, 2G) scratch
   float* res;        // (B, R) scratch
   float* pre;        // (B, L·2G) scratch: gate_in_l + taps_l · W_past,l of the layers the helper precomputes
+  // Work per layer that needs x_l and comes after taps_l is read (or null): after_layer(ctx, l, r0, r1) runs with
+  // layer l's skip projection (on whichever thread computes it; the native loop's ring update and next taps).
+  void (*after_layer)(const void* ctx, int64_t l, int64_t r0, int64_t r1) = nullptr;
+  const void* after_ctx = nullptr;
 };
 
 // Rows [r0, r1) with kAlone or kPipeline.

@@ -62,6 +62,7 @@ struct Loop {
   int64_t cdf_ld;
   std::vector<int64_t> dilation;
   int64_t* phase;  // (2, L): (position + t) mod length_l for the current step t, then for step t + 1
+  mutable int64_t now = 0;  // the current step (block() sets it between steps)
 
   // The first step's phases, then one step on (block() between steps: no other thread reads them then).
   void start_phases() const {
@@ -77,45 +78,56 @@ struct Loop {
     }
   }
 
-  // The inputs of a step of streams [r0, r1) that do not depend on its token: the ring taps (ph: the step's
-  // phases) and the gate pre-activation's conditioning (t: the step).
-  void inputs(int64_t t, const int64_t* ph, int64_t r0, int64_t r1) const {
-    const int64_t R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, K1 = m.kernel - 1;
-    const int64_t C = m.cond_channels;
+  // Layer l's ring taps of a step of streams [r0, r1) (ph: the step's phases).
+  void layer_taps(int64_t l, const int64_t* ph, int64_t r0, int64_t r1) const {
+    const int64_t R = m.R, L = m.L, P = m.P, K1 = m.kernel - 1;
     for (int64_t b = r0; b < r1; ++b) {
       const float* state = run.state + b * m.state_rows * R;
-      float* tap = taps + b * L * P;
-      for (int64_t l = 0; l < L; ++l)
-        for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
-          const int64_t i = ph[l] + j * dilation[l], n = m.ring_length[l];  // i < 2n: j·d < (K−1)·d = n
-          std::memcpy(tap + l * P + j * R, state + (m.ring_offset[l] + (i < n ? i : i - n)) * R, R * sizeof(float));
-        }
-      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
+      for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
+        const int64_t i = ph[l] + j * dilation[l], n = m.ring_length[l];  // i < 2n: j·d < (K−1)·d = n
+        std::memcpy(taps + (b * L + l) * P + j * R, state + (m.ring_offset[l] + (i < n ? i : i - n)) * R,
+                    R * sizeof(float));
+      }
     }
+  }
+
+  // The gate pre-activation's conditioning of step t of streams [r0, r1).
+  void conditioning(int64_t t, int64_t r0, int64_t r1) const {
+    const int64_t L = m.L, G2 = 2 * m.G, C = m.cond_channels;
+    for (int64_t b = r0; b < r1; ++b)
+      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
     if (C > 0)  // gate_in = gate_base + cond_t · W_cond
       wn::gemm_from(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
                     run.gate_base + r0 * run.gate_base_ld, run.gate_base_ld, gate_in + r0 * L * G2, L * G2);
   }
 
-  // Step t's ring-state update (x_l + input_bias_l into row offset_l + t mod length_l of layer l's ring), then the
-  // next step's inputs: once the layer chain is done (its taps and gate pre-activation are read), before the head.
+  // Layer l's part of step `now`'s ring-state update (x_l + input_bias_l into row offset_l + t mod length_l of its
+  // ring), then its taps of the next step (the ring rows are read again only by those). Alone, with layer l's skip
+  // projection (LayersArgs::after_layer), where its cache misses overlap the weight stream; in the pipeline, for
+  // every layer once the chain is done, on the calling thread while the helper finishes the skip sum.
+  static void after_layer(const void* ctx, int64_t l, int64_t r0, int64_t r1) {
+    const Loop& lp = *static_cast<const Loop*>(ctx);
+    const WnLoopModel& m = lp.m;
+    const int64_t R = m.R, L = m.L;
+    for (int64_t b = r0; b < r1; ++b) {
+      float* row = lp.run.state + (b * m.state_rows + m.ring_offset[l] + lp.phase[l]) * R;
+      const float* x = lp.layers.X + (b * L + l) * R;
+      for (int64_t i = 0; i < R; ++i) row[i] = x[i] + m.input_bias[l * R + i];
+    }
+    if (lp.now + 1 < lp.run.steps) lp.layer_taps(l, lp.phase + L, r0, r1);
+  }
+
+  // Once the layer chain is done (it has read this step's inputs), before the head: the ring update and next taps
+  // in the pipeline, and the next step's conditioning.
   struct AfterChain {
     const Loop* loop;
     int64_t t;
+    bool ring;
     static void run(const void* ctx, int64_t r0, int64_t r1) {
       const AfterChain& a = *static_cast<const AfterChain*>(ctx);
-      const Loop& lp = *a.loop;
-      const WnLoopModel& m = lp.m;
-      const int64_t R = m.R, L = m.L;
-      for (int64_t b = r0; b < r1; ++b) {
-        float* state = lp.run.state + b * m.state_rows * R;
-        const float* x = lp.layers.X + b * L * R;
-        for (int64_t l = 0; l < L; ++l) {
-          float* row = state + (m.ring_offset[l] + lp.phase[l]) * R;
-          for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
-        }
-      }
-      if (a.t + 1 < lp.run.steps) lp.inputs(a.t + 1, lp.phase + L, r0, r1);
+      if (a.ring)
+        for (int64_t l = 0; l < a.loop->m.L; ++l) after_layer(a.loop, l, r0, r1);
+      if (a.t + 1 < a.loop->run.steps && a.loop->m.cond_channels > 0) a.loop->conditioning(a.t + 1, r0, r1);
     }
   };
 
@@ -124,7 +136,7 @@ struct Loop {
     const int64_t B = run.batch, R = m.R, Q = m.Q;
     const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
     for (int64_t b = r0; b < r1; ++b) std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
-    const AfterChain after{this, t};
+    const AfterChain after{this, t, layers.after_layer == nullptr};
     const wn::StepHook hook{AfterChain::run, &after};
     wn::run_step(layers, head, r0, r1, split, &hook);
     int64_t* out = run.tokens + t * B;
@@ -144,9 +156,11 @@ struct Loop {
     };
     for (int64_t t = 0; t < run.steps; ++t) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (t == 0) {
+      now = t;
+      if (t == 0) {  // then each step prepares the next one's
         start_phases();
-        inputs(0, phase, 0, run.batch);  // then each step prepares the next one's
+        for (int64_t l = 0; l < m.L; ++l) layer_taps(l, phase, 0, run.batch);
+        conditioning(0, 0, run.batch);
       } else {
         next_phases();
       }
@@ -214,6 +228,10 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
   std::vector<int64_t> phases(static_cast<size_t>(2 * L));
   loop.phase = phases.data();
+  if (r.split != wn::kPipeline) {
+    loop.layers.after_layer = Loop::after_layer;
+    loop.layers.after_ctx = &loop;
+  }
   loop.block(static_cast<wn::Split>(r.split));
   return 0;
 }
