@@ -13,6 +13,15 @@ namespace wn {
 // loaded, every product and sum in float32).
 constexpr int64_t kPanel = 16;
 
+// Where weights and scratch start: a multiple of every cache line (64 bytes on x86-64, 128 on some ARM cores). A
+// vector load that straddles two lines costs ~10% of the weight-streaming rate (measured on AVX-512: 76 vs 83 GB/s).
+constexpr int64_t kAlign = 128;
+template <typename T>
+T* align_up(T* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<T*>((a + kAlign - 1) / kAlign * kAlign);
+}
+
 struct Packed {
   const void* p = nullptr;
   int64_t K = 0;          // rows

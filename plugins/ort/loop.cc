@@ -199,13 +199,13 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
     if (m.ring_length[l] < 1 || m.ring_length[l] % (m.kernel - 1) != 0) return 1;
   if (r.steps == 0) return 0;
   thread_local std::vector<float> scratch;
-  const int64_t C = m.cond_channels;
+  const int64_t C = m.cond_channels, line = wn::kAlign / static_cast<int64_t>(sizeof(float));
   scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R +
-                                          L * 2 * G + S + m.H)));
-  float* p = scratch.data();
-  auto take = [&p](int64_t n) {
+                                          L * 2 * G + S + m.H) + 12 * line));
+  float* p = wn::align_up(scratch.data());
+  auto take = [&p, line](int64_t n) {  // each on a cache line
     float* q = p;
-    p += n;
+    p += (n + line - 1) / line * line;
     return q;
   };
   float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(C > 0 ? B * L * 2 * G : 0), *cond_t = take(B * C);
