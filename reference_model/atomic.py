@@ -1,4 +1,6 @@
-"""Atomic file writes: every output goes to a temporary name beside it and is renamed into place."""
+"""Atomic file writes: every output goes to a temporary name beside it, is flushed to disk (fsync) and is
+renamed into place, and the directory entry is flushed too: after a crash or power loss a name holds the old
+file or the complete new one."""
 
 from __future__ import annotations
 
@@ -16,6 +18,29 @@ def temp_prefix(name: str) -> str:
     return f".{name[:64]}."
 
 
+def fsync_file(path) -> None:
+    """Flush a written file's data to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path) -> None:
+    """Flush a directory's entries (after a rename into it); a filesystem that cannot is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call `write(tmp_path)` then rename onto `path`, so no half-written file is ever left. An
     `OSError` (no space, no permission) becomes one `OutputError` naming the path."""
@@ -29,7 +54,9 @@ def atomic_write_bytes(path: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the file ordinary permissions
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

@@ -86,13 +86,16 @@ def test_run_bench_reports_every_backend_and_batch(small_export):
     base = report.get("step", bench.BASELINE, 1)
     assert report.ratio(base) == pytest.approx(1.0)
     # the floor of the weights the host streams (this export has no w16 graph), one and two threads, per batch
-    assert {(f.batch, f.weights, f.threads) for f in report.floors} == {(b, "fp32", n) for b in (1, 3) for n in (1, 2)}
+    # and round
+    assert sorted((f.batch, f.weights, f.threads, f.round) for f in report.floors) == [
+        (b, "fp32", n, k) for b in (1, 3) for n in (1, 2) for k in (0, 1)]
     assert all(f.samples_per_s > 0 and f.p50_samples_per_s > 0 and f.pass_us > 0 for f in report.floors)
     host = report.get("step", bench.HOST, 1)
     assert host.weights == "fp32" and "native loop" in host.note
-    assert report.floor(1, "fp32").samples_per_s == max(f.samples_per_s for f in report.floors
-                                                       if (f.batch, f.weights) == (1, "fp32"))
-    assert report.floor_share(host) == pytest.approx(host.samples_per_s / report.floor(1, "fp32").samples_per_s)
+    per_round = report.round_floors(1, "fp32")
+    assert [f.round for f in per_round] == [0, 1]
+    assert report.floor_share(host) == pytest.approx(np.median([rate / f.samples_per_s
+                                                                for rate, f in zip(host.rounds, per_round)]))
     assert report.floor_share(base) is None  # baselines are not judged against the floor
     assert report.get("step", "onnxruntime (fused, per step)", 3) is not None  # the Python-per-sample path
     data = json.loads(report.to_json())
@@ -176,15 +179,21 @@ def test_the_package_row_times_wavenet_vocoder_itself(tmp_path):
     assert bench.PACKAGE in console.export_text()
 
 
-def test_the_floor_keeps_each_configurations_fastest_round():
+def test_the_floor_is_paired_with_the_rows_round_by_round():
+    """A round's floor is its faster thread count; achieved ÷ floor is the median over rounds of the row's rate
+    ÷ that round's floor (both sides under the same load); the floor shown is the median round's."""
     F = bench.Floor
-    measured = [F(1, "fp32", 2, 60.0, 9_000.0, 16_000.0), F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0),
-                F(1, "fp32", 1, 60.0, 16_000.0, 16_500.0), F(1, "w16", 2, 21.0, 40_000.0, 47_000.0),
-                F(8, "fp32", 2, 90.0, 80_000.0, 88_000.0)]
-    best = {(f.batch, f.weights, f.threads): f for f in bench._best_floors(measured)}
-    assert len(best) == 4 and best[1, "fp32", 2].samples_per_s == 30_000.0
-    report = bench.BenchReport({}, "", {}, {}, [], floors=list(best.values()))
-    assert report.floor(1, "fp32").threads == 2 and report.floor(1, "w16").samples_per_s == 40_000.0
-    row = bench.Result("step", bench.HOST, 1, 24_000.0, (20_000.0, 25_000.0), p50_ms=0.04, weights="fp32")
-    assert report.floor_share(row) == pytest.approx(0.8)
+    floors = [F(1, "fp32", 2, 60.0, 9_000.0, 16_000.0, 0), F(1, "fp32", 1, 60.0, 16_000.0, 16_500.0, 0),
+              F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0, 1), F(1, "fp32", 1, 60.0, 15_000.0, 16_000.0, 1),
+              F(1, "fp32", 2, 32.0, 32_000.0, 34_000.0, 2), F(1, "w16", 2, 21.0, 40_000.0, 47_000.0, 0),
+              F(8, "fp32", 2, 90.0, 80_000.0, 88_000.0, 0)]
+    report = bench.BenchReport({}, "", {}, {}, [], floors=floors)
+    assert [(f.threads, f.samples_per_s) for f in report.round_floors(1, "fp32")] == [
+        (1, 16_000.0), (2, 30_000.0), (2, 32_000.0)]
+    assert report.floor(1, "fp32").samples_per_s == 30_000.0 and report.floor(1, "w16").samples_per_s == 40_000.0
+    row = bench.Result("step", bench.HOST, 1, 24_000.0, (12_000.0, 25_600.0), rounds=[12_000.0, 24_000.0, 25_600.0],
+                       p50_ms=0.04, weights="fp32")
+    assert report.floor_share(row) == pytest.approx(0.8)  # median of 0.75, 0.8, 0.8
     assert report.floor_share_p50(row) == pytest.approx(25_000.0 / 33_000.0)
+    unpaired = bench.Result("step", bench.HOST, 1, 24_000.0, (24_000.0, 24_000.0), rounds=[24_000.0], weights="fp32")
+    assert report.floor_share(unpaired) == pytest.approx(0.8)  # no pairing possible: median ÷ median floor

@@ -194,39 +194,46 @@ def test_hygiene_rejects_bad_graphs():
 
 
 @pytest.mark.parametrize("name", ["k3-odd", "conditioned"])
-def test_w16_step_graph_stores_its_weight_matrices_as_float16(tmp_path, checkpoint_factory, name):
-    """`--w16`: step.w16.onnx, precision "w16" in the manifest; every matrix of the weight stream a float16
-    initializer widened by one Cast where it is used; embeddings and biases float32; the function is the FP32
-    graph's up to the weights' rounding."""
+def test_w16_graphs_store_their_weight_matrices_as_float16(tmp_path, checkpoint_factory, name):
+    """`--w16`: step.w16.onnx and scoring.w16.onnx, precision "w16" in the manifest; every weight matrix a
+    float16 initializer widened by one Cast where it is used; embeddings and biases float32; each function is
+    its FP32 graph's up to the weights' rounding."""
     ckpt = checkpoint_factory(CONFIGS[name])
     manifest = export_directory(tmp_path / "d", ckpt, w16=True)
-    entry = manifest["graphs"]["step.w16"]
-    assert entry["precision"] == "w16" and entry["file"] == "step.w16.onnx"
-    assert set(manifest["graphs"]) >= {"scoring", "step", "step.w16"} and "scoring.w16" not in manifest["graphs"]
-    assert [(t["name"], t["dtype"]) for t in entry["inputs"]] == [
-        (t["name"], t["dtype"]) for t in manifest["graphs"]["step"]["inputs"]]  # the FP32 step graph's I/O
-    model = onnx.load(str(tmp_path / "d" / "step.w16.onnx"))
+    assert set(manifest["graphs"]) >= {"scoring", "step", "scoring.w16", "step.w16"}
+    assert "scoring.fp16" not in manifest["graphs"]
+    for kind in ("step", "scoring"):
+        entry = manifest["graphs"][f"{kind}.w16"]
+        assert entry["precision"] == "w16" and entry["file"] == f"{kind}.w16.onnx"
+        assert [(t["name"], t["dtype"]) for t in entry["inputs"]] == [
+            (t["name"], t["dtype"]) for t in manifest["graphs"][kind]["inputs"]]  # the FP32 graph's I/O
+        _check_w16_graph(tmp_path / "d", kind)
+
+
+def _check_w16_graph(directory, kind: str) -> None:
+    model = onnx.load(str(directory / f"{kind}.w16.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
-    weights = [n.input[1] for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    weights = [n.input[1] for n in model.graph.node if n.op_type in ("Gemm", "MatMul", "Conv")]
     assert weights
     for w in weights:
         cast = producers.get(w)
-        assert cast is not None and cast.op_type == "Cast", f"{w} is not widened from float16"
+        assert cast is not None and cast.op_type == "Cast", f"{kind}: {w} is not widened from float16"
         assert inits[cast.input[0]].data_type == TensorProto.FLOAT16
     halves = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     assert halves == {producers[w].input[0] for w in weights}
-    assert inits["embed"].data_type == TensorProto.FLOAT  # gathered one row at a time: stays float32
-    plain = onnx.load(str(tmp_path / "d" / "step.onnx"))
+    embed = [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+    assert embed and all(inits[e].data_type == TensorProto.FLOAT for e in embed)  # gathered rows stay float32
+    plain = onnx.load(str(directory / f"{kind}.onnx"))
     plain_inits = {i.name: numpy_helper.to_array(i) for i in plain.graph.initializer}
     for name16 in halves:
         assert np.array_equal(numpy_helper.to_array(inits[name16]), plain_inits[name16].astype(np.float16))
     feeds = {}
     rng = np.random.default_rng(0)
-    sessions = [ort.InferenceSession(str(tmp_path / "d" / f), providers=["CPUExecutionProvider"])
-                for f in ("step.onnx", "step.w16.onnx")]
+    sessions = [ort.InferenceSession(str(directory / f), providers=["CPUExecutionProvider"])
+                for f in (f"{kind}.onnx", f"{kind}.w16.onnx")]
     for i in sessions[0].get_inputs():
-        shape = [2 if isinstance(d, str) else d for d in i.shape]
+        shape = [{"time": 9}.get(d, 2) if isinstance(d, str) else d for d in i.shape]
         feeds[i.name] = (rng.integers(0, 3, shape) if i.type == "tensor(int64)" else
                          rng.standard_normal(shape).astype(np.float32))
     a, b = (s.run(None, feeds)[0] for s in sessions)
@@ -253,6 +260,43 @@ def test_export_is_atomic(tmp_path, checkpoint_factory, monkeypatch):
         export_directory(out, ckpt, fp16=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", ckpt.name])  # no staging dir left
+
+
+def test_every_file_is_on_disk_before_its_name_is_published(tmp_path, checkpoint_factory, monkeypatch):
+    """Durability: each file's data is fsynced before it is renamed into the export directory, and the
+    directory itself is fsynced before the manifest names the graphs and after the manifest is in place."""
+    import os
+    from pathlib import Path
+
+    import reference_model.atomic as atomic
+    import wn_export.export.pipeline as ex
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b))) or real_replace(a, b))
+    real_path_replace = type(tmp_path).replace
+    monkeypatch.setattr(type(tmp_path), "replace",
+                        lambda self, target: events.append(("replace", str(self), str(target)))
+                        or real_path_replace(self, target))
+    out = tmp_path / "out"
+    export_directory(out, checkpoint_factory(CONFIGS["k2"]))
+    assert ex.fsync_file is atomic.fsync_file
+    published = [(i, e) for i, e in enumerate(events) if e[0] == "replace" and Path(e[2]).parent == out]
+    assert {Path(e[2]).name for _, e in published} == {"scoring.onnx", "step.onnx", "manifest.json"}
+    def flushed(name: str, before: int) -> bool:  # fsynced under this name, or under a name renamed to it
+        for j in range(before - 1, -1, -1):
+            if events[j] == ("fsync", name):
+                return True
+            if events[j][0] == "replace" and events[j][2] == name:
+                return flushed(events[j][1], j)
+        return False
+    for i, (_, source, _target) in published:
+        assert flushed(source, i), f"{source} renamed before it was flushed"
+    manifest_at = next(i for i, e in published if e[2].endswith("manifest.json"))
+    assert ("fsync", str(out)) in events[published[0][0]:manifest_at]  # the graphs' entries, first
+    assert ("fsync", str(out)) in events[manifest_at:]
 
 
 def test_cli_onnx_and_inspect(tmp_path, checkpoint_factory):

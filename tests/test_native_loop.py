@@ -207,3 +207,30 @@ def test_calibration_is_measured_once_per_machine_and_model_and_cached(exports, 
 
 def test_batch_buckets():
     assert [policy.bucket(b) for b in (1, 2, 3, 4, 5, 8, 9, 64, 65, 1000)] == [1, 2, 4, 4, 8, 8, 16, 64, 128, 256]
+
+
+def test_rows_with_their_own_temperature_or_greedy_equal_their_own_generation(exports):
+    """Per-row temperatures (0: greedy) let streams with different settings share one native call; each row
+    equals the batch-1 generation with its settings (the rows do not depend on the batch)."""
+    from reference_model.sampling import uniforms
+
+    manifest = read_manifest(exports["k3-odd"])
+    Q, n = manifest.config.quantization_channels, 150
+    settings = [(3, "sample", 0.7), (4, "greedy", 1.0), (5, "sample", 1.3)]
+    with OrtStepRunner(manifest) as runner:
+        assert runner.batch_invariant
+        runner.reset(3)
+        first = np.full(3, Q // 2, np.int64)
+        u = np.stack([uniforms(seed, n, 1)[:, 0] for seed, _, _ in settings], axis=1)
+        out = np.empty((n, 3), np.int64)
+        temperatures = np.array([t if m == "sample" else 0.0 for _, m, t in settings])
+        assert runner.generate_block(first, out, u=u, temperature=temperatures)
+        for row, (seed, method, temperature) in enumerate(settings):
+            want = generate(runner, n, 1, seed=seed, method=method, temperature=temperature, quantization_channels=Q)
+            assert np.array_equal(out[:, row], want[0]), row
+        runner.reset(3)
+        for bad in (np.array([1.0, -1.0, 1.0]), np.array([1.0, np.nan, 1.0]), np.ones(2)):
+            with pytest.raises(InputError, match="per-row temperatures"):
+                runner.generate_block(first, out, u=u, temperature=bad)
+        with pytest.raises(InputError, match="per-row temperatures"):
+            runner.generate_block(first, out, u=None, temperature=temperatures)

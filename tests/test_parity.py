@@ -49,6 +49,10 @@ def test_parity_passes_on_random_configs(exported, name):
     assert {"step/speech/b2/vs-reference", "step/random/b3/vs-reference", "step/generation"} <= set(w16)
     assert all(c.precision == "w16" for c in w16.values())
     assert 0 < w16["step/random/b3/vs-reference"].metrics["max_abs"] <= TOLERANCES["w16"].max_abs
+    scored16 = {c.name: c for c in report.checks if c.graph == "scoring.w16"}  # Δ log p judged by the w16 row
+    assert {"scoring/speech/b1", "scoring/random/b3"} <= set(scored16)
+    assert all(c.precision == "w16" and 0 < c.metrics["ll_diff"] <= TOLERANCES["w16"].ll_diff
+               for c in scored16.values())
     if name == "conditioned":
         assert ("upsample/random/b3", "upsample") in names
     data = json.loads(report.to_json())

@@ -18,9 +18,10 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from reference_model import WaveNetConfig, save_checkpoint  # noqa: E402
+from reference_model.sampling import uniforms  # noqa: E402
 from tests.conftest import CONFIGS, random_model  # noqa: E402
 from wn_export.backends.torch_ref import TorchStepRunner  # noqa: E402
-from wn_export.backends.triton.check import logit_check, reference_logits  # noqa: E402
+from wn_export.backends.triton.check import logit_check, loop_tokens, reference_logits  # noqa: E402
 from wn_export.backends.triton.runner import TritonStepRunner, load_kernel  # noqa: E402
 from wn_export.contract.specs import ring_offsets  # noqa: E402
 from wn_export.errors import BackendError, InputError  # noqa: E402
@@ -101,11 +102,78 @@ def test_generated_tokens_equal_the_reference(case, method, temperature):
     with TorchStepRunner(model.double()) as reference:
         expected = generate(reference, n, batch, quantization_channels=cfg.quantization_channels, **kw)
     assert len(np.unique(expected)) > 3  # a real draw, not a constant stream
-    runner = TritonStepRunner.from_model(model, "fp32")
-    np.testing.assert_array_equal(runner.generate(n, batch, steps_per_launch=16, **kw), expected)
+    runner = TritonStepRunner.from_model(model, "fp32", steps_per_launch=16)
+    launches = _count_launches(runner)
+    np.testing.assert_array_equal(generate(runner, n, batch, quantization_channels=cfg.quantization_channels,
+                                           **kw), expected)
+    assert launches == [16] * (n // 16) + [n % 16]  # the loop's block path: the draw in the kernel
     if method == "sample":
-        np.testing.assert_array_equal(generate(runner, n, batch, quantization_channels=cfg.quantization_channels,
-                                               **kw), expected)
+        np.testing.assert_array_equal(loop_tokens(runner, cfg, n, batch, block=False, **kw), expected)
+
+
+def _count_launches(runner) -> list[int]:
+    """The steps of each drawing launch of `runner` from now on (appended as they happen)."""
+    launches, launch = [], runner._launch
+
+    def counted(token, cond, steps, **kw):
+        if kw.get("draw"):
+            launches.append(steps)
+        return launch(token, cond, steps, **kw)
+    runner._launch = counted
+    return launches
+
+
+@pytest.mark.parametrize("seed", [4, 9])
+def test_per_stream_temperatures_draw_each_streams_reference_tokens(seed):
+    """generate_block with (B,) temperatures, 0 = greedy: stream j draws what stream j of a reference generation
+    at its own temperature (or greedy) draws from the same uniforms."""
+    cfg = CASES["k2-tiles"][0]
+    n, temperatures = cfg.receptive_field + 5, np.array([0.0, 0.7, 1.0, 1.6])
+    B = len(temperatures)
+    model = random_model(cfg, seed=seed)
+    with TorchStepRunner(model.double()) as reference:
+        expected = np.stack([generate(reference, n, B, seed=seed, quantization_channels=cfg.quantization_channels,
+                                      **(dict(method="greedy") if t == 0 else dict(temperature=t)))[j]
+                             for j, t in enumerate(temperatures)])
+    assert len({tuple(row) for row in expected}) == B  # the settings draw differently
+    runner = TritonStepRunner.from_model(model, "fp32", steps_per_launch=7)
+    runner.reset(B)
+    out = np.empty((n, B), dtype=np.int64)
+    step_ns = np.zeros(n, dtype=np.int64)
+    assert runner.generate_block(np.full(B, cfg.quantization_channels // 2), out, uniforms(seed, n, B), temperatures,
+                                 step_ns=step_ns)
+    np.testing.assert_array_equal(out.T, expected)
+    assert runner.position == n and (step_ns > 0).all()
+
+
+def test_regroup_carries_rows_and_starts_new_ones():
+    """Streams leave and join between blocks: a continuing row draws what it would have drawn, a new row
+    what a fresh stream draws, the position carries."""
+    cfg, _ = CASES["k3-conditioned"]
+    model = random_model(cfg, seed=2)
+    rng = np.random.default_rng(0)
+    n1, n2, Q = 5, 4, cfg.quantization_channels
+    cond = rng.standard_normal((3, cfg.local_channels, n1 + n2)).astype(np.float32)
+    speaker = np.array([0, 2, 1])
+    runner = TritonStepRunner.from_model(model, "fp32")
+    whole = loop_tokens(runner, cfg, n1 + n2, 3, block=True, seed=3, cond=cond, speaker=speaker)
+    fresh = loop_tokens(runner, cfg, n2, 1, block=True, seed=8, cond=cond[1:2, :, :n2], speaker=speaker[1:2])
+    runner.reset(3, speaker)
+    out = np.empty((n1, 3), dtype=np.int64)
+    runner.generate_block(np.full(3, Q // 2), out, uniforms(3, n1, 3), 1.0, cond[:, :, :n1])
+    assert np.array_equal(out.T, whole[:, :n1])
+    state = runner.state.clone()  # (B, N, R)
+    runner.regroup([2, -1, 0], np.array([1, 2, 0]))  # row 1 leaves, a new stream joins between the others
+    assert runner.batch == 3 and runner.position == n1
+    assert torch.equal(runner.state[0], state[2]) and torch.equal(runner.state[2], state[0])
+    assert state[1].any() and not runner.state[1].any()
+    u = np.stack([uniforms(3, n2, 3, start=n1)[:, 2], uniforms(8, n2, 1)[:, 0], uniforms(3, n2, 3, start=n1)[:, 0]], 1)
+    c = np.stack([cond[2, :, n1:], cond[1, :, :n2], cond[0, :, n1:]])
+    out2 = np.empty((n2, 3), dtype=np.int64)
+    runner.generate_block(np.array([out[-1, 2], Q // 2, out[-1, 0]]), out2, u, 1.0, c)
+    np.testing.assert_array_equal(out2.T, [whole[2, n1:], fresh[0], whole[0, n1:]])
+    with pytest.raises(InputError, match="regroup"):
+        runner.regroup([3, 0], np.array([0, 0]))
 
 
 @pytest.mark.parametrize("change,option", [(dict(input_kind="scalar"), "input_kind 'scalar'"),
@@ -136,8 +204,17 @@ def test_bad_inputs_are_refused():
         runner.step(np.array([0, 1]))
     with pytest.raises(BackendError, match="precision"):
         TritonStepRunner.from_model(random_model(cfg), "bf16")
-    with pytest.raises(InputError, match="temperature"):
-        runner.generate(4, 2, temperature=0.0, speaker=np.array([0, 1]), cond=np.zeros((2, 3, 4), np.float32))
+    out, u, cond4 = np.empty((4, 2), np.int64), np.full((4, 2), 0.5), np.zeros((2, 3, 4), np.float32)
+    first = np.array([0, 1])
+    for temperature in (0.0, -1.0, np.array([1.0, np.nan]), np.array([1.0, 1e-9]), np.array([1.0, 1.0, 1.0])):
+        with pytest.raises(InputError, match="temperature"):
+            runner.generate_block(first, out, u, temperature, cond4)
+    with pytest.raises(InputError, match="uniforms"):
+        runner.generate_block(first, out, u[:3], 1.0, cond4)
+    with pytest.raises(InputError, match="cond"):
+        runner.generate_block(first, out, u, 1.0, cond4[:, :, :3])
+    with pytest.raises(InputError, match="steps_per_launch"):
+        TritonStepRunner.from_model(random_model(cfg), "fp32", steps_per_launch=0)
 
 
 def test_runner_from_an_export_directory(tmp_path):

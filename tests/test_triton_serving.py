@@ -34,14 +34,16 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A small categorical model in the full layout (every model) and a conditioned one in the ring layout."""
+    """A small categorical model in the full layout (every model), the same model in the ring layout (the
+    native loop's) and a conditioned one in the ring layout."""
     from reference_model import save_checkpoint
     from tests.conftest import random_model
     from wn_export.export.pipeline import export_directory
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
-    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("cond", CONFIGS["conditioned"], "ring")):
+    for name, cfg, layout in (("small", CONFIGS["k2"], "full"), ("ring", CONFIGS["k2"], "ring"),
+                              ("cond", CONFIGS["conditioned"], "ring")):
         ckpt = root / f"{name}.safetensors"
         save_checkpoint(random_model(cfg, seed=1), ckpt)
         export_directory(root / name, ckpt, layout=layout, fp16=name == "small")
@@ -112,7 +114,7 @@ def _check_repository(repo, manifest, *, max_batch, backend="onnxruntime", preci
     return step, scoring
 
 
-def _check_generate(repo, manifest, prefix=""):
+def _check_generate(repo, manifest, prefix="", backend="auto"):
     gen = _config(repo / f"{prefix}generate" / "config.pbtxt")
     cfg = manifest.config
     assert gen.backend == "python" and gen.model_transaction_policy.decoupled and gen.max_batch_size == 0
@@ -127,9 +129,126 @@ def _check_generate(repo, manifest, prefix=""):
     assert inputs == expected
     assert {t.name for t in gen.output} == {"audio", "offset", "tokens"}
     assert gen.parameters["sample_rate"].string_value == str(cfg.sample_rate)
+    assert gen.parameters["generation_backend"].string_value == backend
     copied = read_manifest(repo / f"{prefix}generate" / "1" / "export")  # sha256 of every graph verified
     assert copied.data == manifest.data
     return gen
+
+
+def _with_step_engine(source, target):
+    """A copy of an export whose manifest records an FP32 step engine (bytes that no TensorRT loads)."""
+    from wn_export.contract.manifest import sha256
+
+    shutil.copytree(source, target)
+    data = json.loads((target / "manifest.json").read_text())
+    (target / "step.plan").write_bytes(b"engine bytes of step")
+    first = data["graphs"]["step"]["inputs"][0]["name"]
+    data["engines"] = {"step": {"file": "step.plan", "graph": "step", "sha256": sha256(target / "step.plan"),
+                                "backend": "tensorrt", "precision": "fp32",
+                                "profiles": [{first: {"min": [1], "opt": [4], "max": [8]}}]}}
+    (target / "manifest.json").write_text(json.dumps(data))
+    return target
+
+
+def test_generation_backend_is_recorded_with_what_its_host_needs(exports, tmp_path):
+    """--generation-backend goes into the generate model's parameters; the export copy carries the FP32 step
+    engine (auto, tensorrt) or the checkpoint (triton); a backend the export cannot serve is one line."""
+    from wn_export.backends.torch_ref import recorded_checkpoint
+
+    small = read_manifest(exports["small"])
+    r = _run("triton", exports["small"], "-o", tmp_path / "k", "--models", "generate", "--generation-backend", "triton")
+    assert r.exit_code == 0, r.output
+    gen = _check_generate(tmp_path / "k", small, backend="triton")
+    assert gen.parameters["checkpoint"].string_value == "checkpoint.safetensors"
+    copied = tmp_path / "k" / "generate" / "1" / "export" / "checkpoint.safetensors"
+    assert copied.read_bytes() == recorded_checkpoint(small).read_bytes()
+    engine = _with_step_engine(exports["small"], tmp_path / "engine")
+    for backend in ("auto", "tensorrt", "onnxruntime"):
+        r = _run("triton", engine, "-o", tmp_path / backend, "--models", "generate", "--generation-backend", backend)
+        assert r.exit_code == 0, r.output
+        _check_generate(tmp_path / backend, read_manifest(engine), backend=backend)
+        plan = tmp_path / backend / "generate" / "1" / "export" / "step.plan"
+        assert plan.is_file() == (backend != "onnxruntime")
+    r = _run("triton", exports["small"], "-o", tmp_path / "no", "--models", "generate", "--generation-backend", "tensorrt")
+    assert r.exit_code == 1 and "has no TensorRT engine for 'step'" in r.output and "Traceback" not in r.output
+    data = json.loads((engine / "manifest.json").read_text())
+    data["source"]["checkpoint"] = str(tmp_path / "gone.safetensors")
+    (engine / "manifest.json").write_text(json.dumps(data))
+    r = _run("triton", engine, "-o", tmp_path / "no", "--models", "generate", "--generation-backend", "triton")
+    assert r.exit_code == 1 and "cannot find the checkpoint" in r.output and "Traceback" not in r.output
+    r = _run("triton", engine, "-o", tmp_path / "no", "--generation-backend", "cuda")
+    assert r.exit_code == 2 and "'cuda' is not one of" in r.output
+    assert not (tmp_path / "no").exists()
+
+
+def test_auto_takes_tensorrt_with_an_engine_and_a_gpu_else_onnxruntime(exports, tmp_path):
+    from wn_export.errors import InputError
+    from wn_export.serving.service import choose_backend
+
+    def never():
+        raise AssertionError("the GPU is asked about only when the manifest has a step engine")
+
+    small = read_manifest(exports["small"])
+    engine = read_manifest(_with_step_engine(exports["small"], tmp_path / "engine"))
+    assert choose_backend(small, "auto", never) == "onnxruntime"
+    assert choose_backend(engine, "auto", lambda: True) == "tensorrt"
+    assert choose_backend(engine, "auto", lambda: False) == "onnxruntime"
+    for backend in ("onnxruntime", "tensorrt", "triton"):
+        assert choose_backend(small, backend, never) == backend
+    with pytest.raises(InputError, match="unknown generation backend 'cuda'"):
+        choose_backend(small, "cuda")
+
+
+def test_a_host_that_cannot_load_fails_or_auto_falls_back_to_onnxruntime(exports, tmp_path, monkeypatch):
+    """An explicit backend that cannot load is one error; auto's tensorrt host falls back and says why."""
+    import wn_export.serving.service as service_module
+    from wn_export.errors import BackendError
+    from wn_export.serving.service import GenerationService
+
+    engine = _with_step_engine(exports["small"], tmp_path / "engine")
+    with pytest.raises(BackendError, match="the tensorrt generation host cannot load: "):
+        GenerationService(engine, backend="tensorrt")
+    monkeypatch.setattr(service_module, "has_gpu", lambda: True)  # auto then picks the (unloadable) engine
+    service = GenerationService(engine, chunk=100)
+    assert service.backend == "onnxruntime" and service.setup.startswith("onnxruntime")
+    assert service.notice.startswith("auto: the tensorrt host cannot load (") and "generating with onnxruntime" in service.notice
+    sink = _Collect()
+    service.submit(service.parse({"samples": np.array([250]), "seed": np.array([4], np.uint64),
+                                  "streams": np.array([2]), "stream": np.array([1])}), sink)
+    while service.batcher.busy:
+        service.batcher.step_burst()
+    service.close()
+    with Generator(exports["small"]) as gen:
+        assert sink.error is None and np.array_equal(sink.values, gen.generate(250, batch=2, seed=4)[1])
+
+
+def test_streams_on_the_triton_kernel_draw_what_generate_draws(exports):
+    """The generation service on the fused kernel (Triton's interpreter): streams join a running batch, leave,
+    wait for a row, mix settings; each stream's tokens equal `generate`'s for its seed on that backend."""
+    from wn_export.serving.service import GenerationService
+
+    service = GenerationService(exports["small"], backend="triton", max_streams=3, chunk=7)
+    assert service.backend == "triton" and service.setup == "triton" and not service.notice
+    batcher = service.batcher
+    requests = {"a": (24, dict(seed=3)), "b": (19, dict(seed=4, temperature=0.7)),
+                "c": (12, dict(seed=5, method="greedy")), "d": (10, dict(seed=6))}
+    sinks = {name: _Collect() for name in requests}
+    assert batcher.min_rows == 1  # the kernel's rows do not depend on the batch: a lone stream runs alone
+    for name, (n, options) in requests.items():
+        batcher.submit(batcher.validate(n, **options), sinks[name])
+        if name in "ab":
+            batcher.step_burst()  # the next one joins a running batch
+            assert batcher.runner.batch == {"a": 1, "b": 2}[name]
+    batcher.step_burst()
+    assert [s.sink for s in batcher.waiting] == [sinks["d"]]  # d waits for a free row
+    while batcher.busy:
+        batcher.step_burst()
+    assert batcher.native  # every burst ran in the kernel's blocks (generate_block), none fell back to steps
+    service.close()
+    with Generator(exports["small"], "triton") as gen:
+        for name, (n, options) in requests.items():
+            assert sinks[name].error is None and sinks[name].offsets[0] == 0, name
+            assert np.array_equal(sinks[name].values, gen.generate(n, **options)[0]), name
 
 
 def test_repository_configs_parse_and_match_the_manifest(exports, tmp_path):
@@ -485,17 +604,19 @@ def _step_twin(repo, twin_root):
 
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    """tritonserver with the small model's generate model, the conditioned one's (prefix cond_) and the
-    step model's python twin. Stopped (process group killed) by the finaliser."""
+    """tritonserver with the small model's generate model, the ring export's (prefix ring_), the conditioned
+    one's (prefix cond_) and the step model's python twin. Stopped (process group killed) by the finaliser."""
     from wn_export.serving.local_server import LocalTriton
 
     root = tmp_path_factory.mktemp("repos")
     assert _run("triton", exports["small"], "-o", root / "small", "--chunk", CHUNK).exit_code == 0
     assert _run("triton", exports["cond"], "-o", root / "cond", "--models", "generate", "--prefix", "cond_",
                 "--chunk", CHUNK).exit_code == 0
+    assert _run("triton", exports["ring"], "-o", root / "ring", "--models", "generate", "--prefix", "ring_",
+                "--chunk", CHUNK).exit_code == 0
     _step_twin(root / "small", root / "twin")
-    server = LocalTriton([root / "small", root / "cond", root / "twin"],
-                         models=["generate", "cond_generate", "step_python"], startup_timeout=120)
+    server = LocalTriton([root / "small", root / "ring", root / "cond", root / "twin"],
+                         models=["generate", "ring_generate", "cond_generate", "step_python"], startup_timeout=120)
     server.start()
     yield server
     server.stop()
@@ -540,6 +661,49 @@ def test_16_concurrent_streams_equal_generate(server, exports, protocol):
     for i, (tokens, wave) in enumerate(results):
         assert np.array_equal(tokens, want[i]), i
         assert np.array_equal(wave, audio[i]), i
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_16_plain_requests_each_equal_generate_batch_1(server, exports, protocol):
+    """Plain requests (no stream layout) with their own seeds and temperatures, served concurrently from a
+    ring-layout export, each draw exactly `wn-export generate --seed S [--temperature T]` (batch 1)."""
+    from wn_export.serving.client import stream
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    settings = [dict(seed=100 + i, temperature=(1.0, 0.8, 1.2)[i % 3]) for i in range(15)] + [dict(method="greedy")]
+
+    def one(i):
+        chunks = stream(url, N, model="ring_generate", timeout=TIMEOUT, **settings[i])
+        return np.concatenate([c.tokens for c in chunks])
+
+    results = _concurrent(one, 16)
+    with Generator(exports["ring"]) as gen:
+        for i, tokens in enumerate(results):
+            assert np.array_equal(tokens, gen.generate(N, **settings[i])[0]), settings[i]
+
+
+def test_a_grpc_client_that_cancels_frees_its_stream_in_the_server(server, exports):
+    """Closing a gRPC stream cancels the request (stop_stream(cancel_requests=True)); the server drops the
+    stream at its next chunk, long before its samples are done, and says so in its log."""
+    import re
+
+    from wn_export.serving.client import stream
+
+    n = 5_000_000
+    chunks = stream(server.grpc_url, n, model="ring_generate", seed=1, timeout=TIMEOUT)
+    first = next(chunks)
+    assert first.offset == 0 and len(first.tokens) == CHUNK
+    chunks.close()  # the client goes away after one chunk
+    deadline, found = time.monotonic() + TIMEOUT, None
+    while found is None and time.monotonic() < deadline:
+        found = re.search(rb"cancelled by its client after ([0-9,]+) samples", server._log_bytes())
+        time.sleep(0.05)
+    assert found is not None, server.log_tail()
+    assert int(found.group(1).replace(b",", b"")) < n // 10
+    with Generator(exports["ring"]) as gen:  # the server goes on serving
+        again = np.concatenate([c.tokens for c in stream(server.grpc_url, N, model="ring_generate", seed=1,
+                                                         timeout=TIMEOUT)])
+        assert np.array_equal(again, gen.generate(N, seed=1)[0])
 
 
 def test_client_wav_equals_wn_export_generate(server, exports, tmp_path):
@@ -667,3 +831,58 @@ def test_killing_the_server_mid_stream_fails_the_clients_instead_of_hanging(expo
     finally:
         server.stop()
     assert not server.group_alive()
+
+
+def test_a_generation_model_whose_host_cannot_load_fails_to_load_clearly(exports, tmp_path):
+    """--generation-backend tensorrt where its engine cannot run (here: no GPU, or bytes no TensorRT loads): the
+    real server reports the model's load failure with the host's message, promptly, and leaves no process."""
+    from wn_export.errors import BackendError
+    from wn_export.serving.local_server import LocalTriton
+
+    engine = _with_step_engine(exports["small"], tmp_path / "engine")
+    assert _run("triton", engine, "-o", tmp_path / "repo", "--models", "generate",
+                "--generation-backend", "tensorrt").exit_code == 0
+    server = LocalTriton([tmp_path / "repo"], models=["generate"], startup_timeout=120)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match="the tensorrt generation host cannot load: "):
+            server.start()
+    finally:
+        server.stop()
+    assert time.monotonic() - t0 < 60 and not server.group_alive()
+
+
+@pytest.fixture(scope="module")
+def demo_ring(tmp_path_factory):
+    """The trained demo model in the ring layout: the ONNX Runtime host runs its native loop."""
+    from wn_export import demo_checkpoint
+    from wn_export.export.pipeline import export_directory
+
+    directory = tmp_path_factory.mktemp("demo") / "export"
+    export_directory(directory, demo_checkpoint())
+    return directory
+
+
+def test_lone_streams_run_at_batch_1_and_equal_generate_batch_1(demo_ring):
+    """A plain request draws exactly `wn-export generate --batch 1 --seed S`, alone or beside others, with
+    its own temperature: the native loop's rows do not depend on the batch, so no padding row is needed."""
+    from wn_export.serving.streams import StreamBatcher
+
+    n, seeds = 5000, range(12)
+    batcher = StreamBatcher(Generator(demo_ring), max_streams=16, chunk=700)
+    assert batcher.min_rows == 1 and batcher.runner.batch_invariant
+    alone = _Collect()
+    batcher.submit(batcher.validate(n, seed=seeds[0]), alone)
+    batcher.step_burst()
+    assert batcher.runner.batch == 1  # no padding row
+    sinks = {seeds[0]: alone}
+    for seed in seeds[1:]:  # the others join the running batch at different positions
+        sinks[seed] = _Collect()
+        batcher.submit(batcher.validate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0), sinks[seed])
+        batcher.step_burst()
+    while batcher.busy:
+        batcher.step_burst()
+    with Generator(demo_ring) as gen:
+        for seed, sink in sinks.items():
+            want = gen.generate(n, seed=seed, temperature=0.9 if seed % 3 else 1.0)[0]
+            assert sink.error is None and np.array_equal(sink.values, want), seed

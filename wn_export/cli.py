@@ -178,7 +178,7 @@ def info(checkpoint: Path | None):
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Export directory (created; files inside are replaced atomically).")
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 graphs.")
-@click.option("--w16", is_flag=True, help="Also write step.w16.onnx: FP32 compute with 16-bit (float16) weights.")
+@click.option("--w16", is_flag=True, help="Also write step.w16.onnx and scoring.w16.onnx: FP32 compute, 16-bit weights.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @click.option("--state-layout", type=click.Choice(["ring", "full"]), default="ring", show_default=True,
               help="Step-graph state layout (README: 'State layout').")
@@ -386,18 +386,23 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
 @click.option("--chunk", default=4000, show_default=True, help="Samples per generation response.")
 @click.option("--max-samples", default=16000 * 600, show_default=True, help="Largest generation request.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads of the generation host (default 1).")
+@click.option("--generation-backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "triton"]), default="auto",
+              show_default=True, help="Host of the generation model, chosen when it loads. auto: tensorrt when the "
+              "export has an engine of the FP32 step graph and a CUDA GPU is visible, else onnxruntime.")
 @click.option("--prefix", default="", help="Prefix of the model names (several exports in one server).")
 @click.option("--python-env", default="auto", show_default=True,
               help="EXECUTION_ENV_PATH of the generation model: auto (this virtual environment), none, or a path.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing repository at OUTPUT.")
 def triton(directory: Path, output: Path, backend: str, models: str, max_batch, instances: int, kind, precision: str,
-           max_streams: int, chunk: int, max_samples: int, threads, prefix: str, python_env: str, overwrite: bool):
+           max_streams: int, chunk: int, max_samples: int, threads, generation_backend: str, prefix: str,
+           python_env: str, overwrite: bool):
     """Write a Triton Inference Server model repository for the export in DIRECTORY."""
     from wn_export.serving.triton_repo import Options, parse_models, write_repository
 
     opts = Options(backend=backend, models=parse_models(models), max_batch=max_batch, instances=instances,
                    precision=precision, kind=kind, prefix=prefix, max_streams=max_streams, chunk=chunk,
-                   max_samples=max_samples, threads=threads, python_env=python_env)
+                   max_samples=max_samples, threads=threads, generation_backend=generation_backend,
+                   python_env=python_env)
     repo = write_repository(directory, output, opts, overwrite=overwrite)
     for config in sorted(repo.glob("*/config.pbtxt")):
         click.echo(str(config))

@@ -47,6 +47,9 @@ struct WnLoopRun {
   int64_t* tokens;   // (steps, B) out
   float* logits;     // (B, Q) out: the last step's logits
   int64_t* step_ns;  // (steps) out, or null: wall time of each step
+  // (B) per-row temperatures, or null: `temperature` for every row. A row at 0 is greedy (its uniforms
+  // unread), so streams with different settings share one batch.
+  const double* temperatures;
 };
 }
 
@@ -143,7 +146,9 @@ struct Loop {
     double* c = cdf + (r0 == 0 ? 0 : cdf_ld);  // one row per thread
     for (int64_t b = r0; b < r1; ++b) {
       const float* logits = run.logits + b * Q;
-      out[b] = run.u ? wn::sample_row(logits, Q, run.u[t * B + b], run.temperature, c) : wn::argmax_row(logits, Q);
+      const double temperature = run.temperatures ? run.temperatures[b] : run.temperature;
+      out[b] = run.u && temperature > 0 ? wn::sample_row(logits, Q, run.u[t * B + b], temperature, c)
+                                         : wn::argmax_row(logits, Q);
     }
   }
 
@@ -190,11 +195,14 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   const WnLoopRun& r = *run;
   const int64_t B = r.batch, R = m.R, G = m.G, L = m.L, P = m.P, S = m.S, Q = m.Q;
   if (B < 1 || r.steps < 0 || r.position < 0 || L < 1 || m.kernel < 2 || P != (m.kernel - 1) * R || Q < 1 ||
-      (r.u != nullptr && !(r.temperature > 0)) || (m.cond_channels > 0 && r.cond == nullptr) || r.split < 0 ||
+      (r.u != nullptr && r.temperatures == nullptr && !(r.temperature > 0)) || (m.cond_channels > 0 && r.cond == nullptr) || r.split < 0 ||
       r.split > wn::kRows)
     return 1;
   for (int64_t b = 0; b < B; ++b)
     if (r.first[b] < 0 || r.first[b] >= m.tokens) return 2;
+  if (r.temperatures != nullptr)
+    for (int64_t b = 0; b < B; ++b)
+      if (!(r.temperatures[b] >= 0) || (r.temperatures[b] > 0 && r.u == nullptr)) return 1;
   for (int64_t l = 0; l < L; ++l)
     if (m.ring_length[l] < 1 || m.ring_length[l] % (m.kernel - 1) != 0) return 1;
   if (r.steps == 0) return 0;

@@ -41,7 +41,7 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", "wn_export.backends.tensorrt.runner", "TrtStepRunner", "TrtScoringRunner",
             options=("cuda_graph",), engines=True, plugins=True, about="TensorRT engines built by `wn-export trt` (CUDA GPU)"),
     Backend("triton", "wn_export.backends.triton.runner", "TritonStepRunner", None,
-            options=("device", "num_warps"), about="the fused step kernel in OpenAI Triton (CUDA GPU, or its "
+            options=("device", "num_warps", "checkpoint"), about="the fused step kernel in OpenAI Triton (CUDA GPU, or its "
                                                    "CPU interpreter with TRITON_INTERPRET=1)"),
 )}
 BACKENDS = tuple(REGISTRY)

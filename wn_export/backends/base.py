@@ -7,6 +7,9 @@ Runners are context managers (`activate` / `deactivate`); heavy imports happen i
 - `StepRunner.reset(batch, speaker=None)` starts `batch` streams from the zero state;
   `StepRunner.step(token, cond_t=None)` → logits (B, Q) for token (B,) int64, cond_t (B, C).
   The returned array may be a reused buffer: copy it to keep it.
+- Optional: `regroup(rows, speaker=None)` (continuous batching, `serving.streams`): the next batch's row j
+  continues the current row rows[j], or starts from the initial state when rows[j] < 0; the runners that
+  have it carry their state with one `Regroup` plan.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class ScoringRunner(Runner):
 
 
 class StepRunner(Runner):
+    # Whether generate_block's rows are bit-identical whatever the batch they run in (same stream, same
+    # tokens at batch 1 and as a row of batch N): a server may then run a lone stream at batch 1.
+    batch_invariant: bool = False
+
     @abstractmethod
     def reset(self, batch: int, speaker: np.ndarray | None = None) -> None: ...
 
@@ -54,15 +61,16 @@ class StepRunner(Runner):
     def step(self, token: np.ndarray, cond_t: np.ndarray | None = None) -> np.ndarray: ...
 
     def generate_block(self, first: np.ndarray, out: np.ndarray, u: np.ndarray | None = None,
-                       temperature: float = 1.0, cond: np.ndarray | None = None,
+                       temperature: float | np.ndarray = 1.0, cond: np.ndarray | None = None,
                        step_ns: np.ndarray | None = None) -> bool:
         """Optional fast path of categorical token models: len(out) steps in one call, with no Python per
-        sample → True; False when the runner has none (the loop then calls `step` per sample). first (B,)
-        int64 is the first step's input, out (steps, B) int64 receives the drawn tokens (each the next
-        step's input), u (steps, B) float64 the uniforms of `reference_model.sampling` (None: greedy), cond
-        (B, C, ≥ steps) the per-sample conditioning; the streams' state and position advance as `step`'s
-        would, and the draws are those of `reference_model.sampling.draw`. step_ns (steps,) int64, if
-        given, receives each step's wall time."""
+        sample → True; False when the runner has none, or cannot honour an argument (the loop then calls
+        `step` per sample). first (B,) int64 is the first step's input, out (steps, B) int64 receives the
+        drawn tokens (each the next step's input), u (steps, B) float64 the uniforms of
+        `reference_model.sampling` (None: greedy), temperature a float or (B,) float64 per row (0: that row
+        is greedy; u then covers every row), cond (B, C, ≥ steps) the per-sample conditioning; the streams'
+        state and position advance as `step`'s would, and the draws are those of
+        `reference_model.sampling.draw`. step_ns (steps,) int64, if given, receives each step's wall time."""
         return False
 
     def teacher_force(self, tokens: np.ndarray, cond: np.ndarray | None = None,
@@ -90,3 +98,32 @@ def step_feeds(graph, batch: int, feed, cond_t=None) -> dict[str, np.ndarray]:
             raise InputError("this model needs per-sample conditioning (cond_t)")
         out[cond.name] = np.ascontiguousarray(np.asarray(cond_t).reshape(batch, -1), dtype=cond.dtype)
     return out
+
+
+class Regroup:
+    """A plan for the next batch of streams (continuous batching: streams join and leave between steps): new
+    row j continues current row rows[j], or starts from the initial state when rows[j] < 0. Runners keep the
+    position (ring layout) and the buffer parity (replace layout) themselves; a new row's initial state reads
+    the same at every position, so it computes what a fresh stream would."""
+
+    def __init__(self, rows, batch: int):
+        """rows: the new batch's sources (len = the new batch), each < `batch` (the current batch; 0 before
+        the first reset: every row new)."""
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.ndim != 1 or not len(rows) or rows.max() >= batch:
+            raise InputError(f"regroup needs at least one row and rows < {batch} (got {rows.tolist()})")
+        self.rows = rows
+        self.batch = len(rows)
+        self.kept = np.flatnonzero(rows >= 0)  # new rows that continue a current row …
+        self.sources = rows[self.kept]  # … and the current rows they continue
+        self.fresh = np.flatnonzero(rows < 0)  # new rows that start from the initial state
+
+    def carry(self, old, new, init: float, index=None) -> None:
+        """new (batch, …) ← old's rows for the continuing rows, `init` in the new ones. NumPy arrays or torch
+        tensors (batch first); `index` turns a row index array into what `new` is indexed with (torch: a
+        tensor on its device). `old` may be None when no row continues."""
+        index = index or (lambda a: a)
+        if len(self.fresh):
+            new[index(self.fresh)] = init
+        if len(self.kept):
+            new[index(self.kept)] = old[index(self.sources)]

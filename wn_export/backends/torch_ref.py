@@ -81,8 +81,9 @@ class TorchStepRunner(_Reference, StepRunner):
         return logits.numpy()
 
 
-def reference_model_for(manifest: Manifest, checkpoint: Path | None = None) -> WaveNet:
-    """The checkpoint the directory was exported from (recorded in the manifest), in float64."""
+def recorded_checkpoint(manifest: Manifest, checkpoint: Path | None = None) -> Path:
+    """The checkpoint file the directory was exported from (recorded in the manifest, unchanged since), or
+    `checkpoint` when given."""
     source = manifest.data.get("source")
     source = source if isinstance(source, dict) else {}
     path = Path(checkpoint or source.get("checkpoint") or "")
@@ -91,6 +92,12 @@ def reference_model_for(manifest: Manifest, checkpoint: Path | None = None) -> W
                             "from; pass it with --checkpoint")
     if checkpoint is None and source.get("sha256") and sha256(path) != source["sha256"]:
         raise ArtifactError(f"{path} changed since the export (sha256 differs); re-export or pass --checkpoint")
+    return path
+
+
+def reference_model_for(manifest: Manifest, checkpoint: Path | None = None) -> WaveNet:
+    """The checkpoint the directory was exported from (recorded in the manifest), in float64."""
+    path = recorded_checkpoint(manifest, checkpoint)
     model = load_checkpoint(path, torch.float64)
     if model.cfg != manifest.config:
         raise ArtifactError(f"checkpoint {path} has a different config from the manifest of {manifest.directory}")

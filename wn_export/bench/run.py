@@ -16,8 +16,10 @@ Step loop (one generated sample per stream: a step plus sampling), for each batc
   package's own `incremental_forward` on a randomly initialised model of the same architecture, as a
   check that the re-implementation costs what the original costs.
 Floor (`floor`): per batch size, one GEMM pass over as many weights as the model streams per step, float32
-and float16, one and two threads, measured in every round (the fastest round kept); each host row shows the
-best floor of its weights and achieved ÷ floor.
+and float16, one and two threads, measured at the start of every round, just before the host rows. A round's
+floor is the faster of one and two threads; each host row shows the median of the rounds' floors of its
+weights and achieved ÷ floor paired by round (the row's rate in round i ÷ the floor of round i, median over
+rounds), so both sides of a ratio saw the same load.
 Scoring: the exported scoring graph on ONNX Runtime vs PyTorch eager `forward` (+ log-softmax), FP32.
 
 Measurements are interleaved: each round runs every backend once per batch size, so load changes on a
@@ -86,6 +88,13 @@ class Floor:
     pass_us: float  # median pass time
     samples_per_s: float  # batch / mean pass time: a wall-clock rate, as the rows' samples/s
     p50_samples_per_s: float  # batch / median pass time: as the rows' "at p50"
+    round: int = 0  # the bench round it was measured in
+
+
+def _median_floor(floors: list[Floor]) -> Floor | None:
+    """The median (lower middle) of these measurements by rate."""
+    rows = sorted(floors, key=lambda f: f.samples_per_s)
+    return rows[(len(rows) - 1) // 2] if rows else None
 
 
 class _Timer:
@@ -138,15 +147,28 @@ class BenchReport:
         base = self.get(r.kind, BASELINE if r.kind == "step" else "torch eager forward", r.batch)
         return None if base is None or base.samples_per_s <= 0 else r.samples_per_s / base.samples_per_s
 
+    def round_floors(self, batch: int, weights: str | None) -> list[Floor]:
+        """Each round's floor of these weights at this batch (the faster of one and two threads), by round."""
+        best: dict[int, Floor] = {}
+        for f in self.floors:
+            if f.batch == batch and f.weights == weights and (f.round not in best or
+                                                              f.samples_per_s > best[f.round].samples_per_s):
+                best[f.round] = f
+        return [best[k] for k in sorted(best)]
+
     def floor(self, batch: int, weights: str | None) -> Floor | None:
-        """The best (fastest) floor of these weights at this batch, over one and two threads."""
-        rows = [f for f in self.floors if f.batch == batch and f.weights == weights]
-        return max(rows, key=lambda f: f.samples_per_s) if rows else None
+        """The median round's floor of these weights at this batch."""
+        return _median_floor(self.round_floors(batch, weights))
 
     def floor_share(self, r: Result) -> float | None:
-        """Achieved ÷ floor, both wall-clock rates (preemptions by other processes count in both)."""
-        f = self.floor(r.batch, r.weights)
-        return None if f is None or r.kind != "step" else r.samples_per_s / f.samples_per_s
+        """Achieved ÷ floor, both wall-clock rates (preemptions by other processes count in both), paired by
+        round: the median over rounds of the row's rate ÷ the same round's floor."""
+        floors = self.round_floors(r.batch, r.weights)
+        if not floors or r.kind != "step":
+            return None
+        if len(floors) != len(r.rounds):  # not measured round by round: the medians
+            return r.samples_per_s / self.floor(r.batch, r.weights).samples_per_s
+        return float(np.median([rate / f.samples_per_s for rate, f in zip(r.rounds, floors)]))
 
     def floor_share_p50(self, r: Result) -> float | None:
         """The same between preemptions: batch ÷ the median step time vs batch ÷ the median pass time."""
@@ -217,12 +239,14 @@ class BenchReport:
         out.append(t)
         if self.floors:
             ft = Table(title="weight-streaming floor (one GEMM pass over the model's weights per step; samples/s "
-                             "= batch ÷ mean pass time)")
+                             "= batch ÷ mean pass time; the median round)")
             for c in ("batch", "weights", "MB per pass", "1 thread", "2 threads", "median pass µs (1 / 2 thr)"):
                 ft.add_column(c, justify="left" if c == "weights" else "right")
             for b in sorted({f.batch for f in self.floors}):
                 for w in ("fp32", "w16"):
-                    rows = {f.threads: f for f in self.floors if f.batch == b and f.weights == w}
+                    rows = {n: _median_floor([f for f in self.floors if (f.batch, f.weights, f.threads) == (b, w, n)])
+                            for n in (1, 2)}
+                    rows = {n: f for n, f in rows.items() if f is not None}
                     if rows:
                         mb = self.machine.get("weights_bytes", {}).get(w, 0) / 1e6
                         ft.add_row(str(b), w, f"{mb:.2f}", *(f"{rows[n].samples_per_s:,.0f}" if n in rows else "–"
@@ -358,7 +382,7 @@ def _open_hosts(dirs: dict, main_layout: str, threads: int | None) -> list[_Host
     return hosts
 
 
-def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float) -> list[Floor]:
+def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float, rnd: int) -> list[Floor]:
     from wn_export.bench.floor import pass_times
 
     out = []
@@ -366,24 +390,14 @@ def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float) ->
         for threads in (1, 2):
             t = pass_times(count, batch, weights == "w16", threads, seconds)
             out.append(Floor(batch, weights, threads, float(np.median(t) * 1e6), float(batch / np.mean(t)),
-                             float(batch / np.median(t))))
+                             float(batch / np.median(t)), rnd))
     return out
 
 
-def _best_floors(measured: list[Floor]) -> list[Floor]:
-    """Per (batch, weights, threads) the round that streamed fastest: the floor is what the machine can do, and
-    a round in which another process held a core measures that process."""
-    best: dict[tuple, Floor] = {}
-    for f in measured:
-        key = (f.batch, f.weights, f.threads)
-        if key not in best or f.samples_per_s > best[key].samples_per_s:
-            best[key] = f
-    return list(best.values())
-
-
 def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Timer, threads_torch: int,
-               baseline_1thread: bool, rng, say, each_round: Callable[[], None] | None = None) -> list[Result]:
-    """Every step-loop row at batch B, in interleaved rounds (`each_round()` runs at the end of each: the floor)."""
+               baseline_1thread: bool, rng, say, each_round: Callable[[int], None] | None = None) -> list[Result]:
+    """Every step-loop row at batch B, in interleaved rounds (`each_round(i)` starts round i: the floor, just
+    before the host rows)."""
     import torch
 
     from wn_export.backends.torch_ref import TorchStepRunner
@@ -424,6 +438,9 @@ def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Time
     notes, per_call, weights = {}, {}, {}
     reference = TorchStepRunner(model, torch.float32)
     for rnd in range(rounds):
+        if each_round is not None:
+            say(f"batch {B}, round {rnd + 1}/{rounds}: weight-streaming floor")
+            each_round(rnd)
         for h in hosts:
             split = h.runner.calibration.split(B) if h.block else None
             notes[h.name] = (f"{h.layout} state, {h.runner.setup}" + (f", {split} threads" if split else
@@ -449,9 +466,6 @@ def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Time
                 notes[f"{BASELINE} (1 thread)"] = "r9y9 style, 1 thread"
         finally:
             torch.set_num_threads(threads_torch)
-        if each_round is not None:
-            say(f"batch {B}, round {rnd + 1}/{rounds}: weight-streaming floor")
-            each_round()
     return [_summarise("step", name, B, rs, per_call.get(name, B), notes.get(name, ""),
                        latencies=np.concatenate(lat[name]) if name in lat else None, weights=weights.get(name))
             for name, rs in runs.items()]
@@ -503,12 +517,10 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
         streamed = {h.weights: h.runner.loop.weight_count for h in hosts if h.block and h.layout == main_layout}
         try:
             for B in batches:
-                measured: list[Floor] = []
-                each = (lambda: measured.extend(_measure_floors(streamed, B, max(0.02, seconds / 10)))) \
+                each = (lambda rnd: floors.extend(_measure_floors(streamed, B, max(0.02, seconds / 10), rnd))) \
                     if floor and streamed else None
                 results += _step_rows(cfg, hosts, model, B, rounds, timer, torch_threads, baseline_1thread, rng, say,
                                       each)
-                floors += _best_floors(measured)
                 if B == 1 and package_baseline:
                     say("batch 1: the wavenet_vocoder package's incremental_forward")
                     row = _package_row(cfg, seconds, rounds, min_steps, torch_threads)

@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from reference_model import WaveNet, load_checkpoint
+from reference_model.atomic import fsync_dir, fsync_file
 from reference_model.files import check_output
 from wn_export import demo_checkpoint
 from wn_export.contract.lock import export_lock, remove_debris, staging_directory
@@ -148,8 +149,8 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
     jobs = [("scoring", FP32, None), ("step", FP32, None)]  # (kind, precision, variant)
     if fp16:
         jobs += [("scoring", FP16, None), ("step", FP16, None)]
-    if w16:  # fp32 compute, 16-bit weights: a step-graph precision (the weight stream of generation)
-        jobs.append(("step", W16, None))
+    if w16:  # fp32 compute, 16-bit weights (the weight stream of generation; scoring proves its log p)
+        jobs += [("scoring", W16, None), ("step", W16, None)]
     if model.cfg.local:
         jobs.append(("upsample", FP32, None))
     if fused_step:
@@ -186,8 +187,11 @@ def _export_jobs(model: WaveNet, checkpoint: Path, out_dir: Path, jobs: list, op
         write_manifest(staging, manifest)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new graphs
         for entry in graphs.values():
+            fsync_file(staging / entry["file"])
             (staging / entry["file"]).replace(out_dir / entry["file"])
+        fsync_dir(out_dir)  # every graph is in place (and on disk) before the manifest names it
         (staging / "manifest.json").replace(out_dir / "manifest.json")
+        fsync_dir(out_dir)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,8 +16,8 @@ We do not cast every tensor. The policy, per part of the network:
 
 Consumers (TensorRT, strongly typed) take these dtypes as given: FP16 comes from the graph.
 
-**w16** ("fp32 compute, 16-bit weights", `wn-export onnx --w16` → `step.w16.onnx`): the FP32 step graph, lowered,
-with every matrix of the per-sample weight stream (the weight input of each Gemm, MatMul and Conv: past taps,
+**w16** ("fp32 compute, 16-bit weights", `wn-export onnx --w16` → `step.w16.onnx`, `scoring.w16.onnx`): the FP32
+graph (the step graph lowered) with every weight matrix (the weight input of each Gemm, MatMul and Conv: past taps,
 gate halves, residual, skip, head, conditioning and speaker projections) stored as float16 and widened by a
 `Cast` to float32 where it is used. Every activation, product and sum stays float32; embeddings (gathered one
 row at a time) and biases stay float32. Any runtime computes the same function (ONNX Runtime folds the Casts
@@ -66,7 +66,7 @@ class Precision:
 
 FP32 = Precision("fp32", torch.float32)
 FP16 = Precision("fp16", torch.float16)
-W16 = Precision("w16", torch.float32, weights16=True)  # step graphs only
+W16 = Precision("w16", torch.float32, weights16=True)
 PRECISIONS = {p.name: p for p in (FP32, FP16, W16)}
 
 

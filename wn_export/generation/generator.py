@@ -57,8 +57,8 @@ class Generator:
 
     def __init__(self, directory, backend: str = "onnxruntime", *, precision: str = "fp32",
                  threads: int | None = None, checkpoint: Path | None = None, fused: bool | None = None):
-        """`threads`, `fused`: the ONNX Runtime step runner's options; `checkpoint`: the torch reference's
-        (default: the one the manifest records)."""
+        """`threads`, `fused`: the ONNX Runtime step runner's options; `checkpoint`: the torch reference's and the
+        triton kernel's weights (default: the checkpoint the manifest records)."""
         spec = get_backend(backend)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
             raise InputError(f"threads must be an integer in [1, 1024] (got {threads!r:.40})")
@@ -68,7 +68,8 @@ class Generator:
         self.cfg = self.manifest.config
         self.backend, self.precision, self.checkpoint = backend, precision, checkpoint
         self.graph = graph_name("step", precision)
-        self.options = {"threads": threads, "fused": fused, "checkpoint": checkpoint if spec.reference else None}
+        self.options = {"threads": threads, "fused": fused,
+                        "checkpoint": checkpoint if "checkpoint" in spec.options else None}
         if spec.reference and precision != "fp32":
             raise InputError(f"the {backend} backend is the float64 reference: it has no fp16 variant")
         if spec.engines:

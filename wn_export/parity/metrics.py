@@ -29,15 +29,15 @@ class Tolerance:
 # (`wn-export parity`, worst check): FP32 max_abs 4.1e-5, rel_l2 2.1e-7, kl_mean 6.8e-13, kl_max 1.3e-11,
 # top1 0.9999, ll_diff 7.1e-7; FP16 max_abs 0.109, rel_l2 5.7e-4, kl_mean 3.9e-6, kl_max 1.1e-4,
 # top1 0.988, ll_diff 1.7e-3. FP32 bounds sit 25–100× above that, FP16 bounds 3–15×.
-# w16 (FP32 compute, float16 weights; step graphs only, so ll_diff has no check to apply to), worst of the demo
-# model and the 30-layer target: max_abs 0.025, rel_l2 4.0e-4, kl_mean 4.2e-7, kl_max 8.9e-6, top1 0.9971; its
-# bounds sit 4–12× above that, between FP32's and FP16's.
+# w16 (FP32 compute, float16 weights; scoring.w16 and step.w16), worst of the demo model and the 30-layer
+# target: max_abs 0.031, rel_l2 4.0e-4, kl_mean 5.3e-7, kl_max 9.5e-6, top1 0.9965, ll_diff 6.8e-4; its bounds
+# sit 3–10× above that, between FP32's and FP16's.
 TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-3, rel_l2=1e-5, kl_mean=1e-10, kl_max=1e-9, top1=0.999, ll_diff=2e-5,
                       generation_identical=True),
     "fp16": Tolerance(max_abs=0.3, rel_l2=3e-3, kl_mean=5e-5, kl_max=1e-3, top1=0.97, ll_diff=5e-3,
                       generation_identical=False),
-    "w16": Tolerance(max_abs=0.1, rel_l2=2e-3, kl_mean=5e-6, kl_max=1e-4, top1=0.99, ll_diff=1e-3,
+    "w16": Tolerance(max_abs=0.1, rel_l2=2e-3, kl_mean=5e-6, kl_max=1e-4, top1=0.99, ll_diff=3e-3,
                      generation_identical=False),
 }
 

@@ -14,6 +14,21 @@ def _io(tensors, mc) -> str:
     return ", ".join(rows)
 
 
+HOSTS = {
+    "auto": "`auto`: TensorRT when the export's FP32 step engine is in `export/` and the server sees a CUDA GPU when the "
+            "model loads, else ONNX Runtime on the CPU; if the TensorRT host cannot load, ONNX Runtime, with a warning "
+            "in the server's log",
+    "onnxruntime": "`onnxruntime`: the exported step graph on the CPU",
+    "tensorrt": "`tensorrt`: the FP32 step engine in `export/`, on a CUDA GPU; the model fails to load without one",
+    "triton": "`triton`: the fused step kernel (OpenAI Triton) with the weights of `export/checkpoint.safetensors`, "
+              "on a CUDA GPU; the model fails to load without one",
+}
+
+
+def _host(backend: str) -> str:
+    return HOSTS.get(backend, backend)
+
+
 def repository_readme(manifest, opts, configs) -> str:
     from wn_export.serving.triton_repo import TRITON_IMAGE, model_config_pb2
 
@@ -32,13 +47,15 @@ def repository_readme(manifest, opts, configs) -> str:
     if "generate" in names:
         p = names["generate"].parameters
         lines += [f"- `{opts.prefix}generate` (python backend, decoupled) runs the whole sampling loop in the server with "
-                  f"wn-export's ONNX Runtime host: up to {p['max_streams'].string_value} streams per instance share one "
+                  f"one of wn-export's hosts ({_host(p['generation_backend'].string_value)}): up to "
+                  f"{p['max_streams'].string_value} streams per instance share one "
                   f"step call per sample; each response carries {p['chunk'].string_value} samples (`audio` float32, "
                   "`tokens`, `offset` of the first sample); the last response has the final flag. A request with "
                   "`streams` N ≥ 2 and `stream` i returns exactly stream i of `wn-export generate --batch N --seed "
                   "SEED`; without them it draws the uniforms of `wn-export generate --seed SEED`, in a batched "
                   "step (equal tokens up to the batch-1 kernels' rounding). Bad requests get one error response.",
-                  "  Its Python (the python backend's stub) must import wn_export, numpy and onnxruntime: "
+                  "  Its Python (the python backend's stub) must import wn_export, numpy and onnxruntime (and for the "
+                  "tensorrt or triton host torch with CUDA, and tensorrt or triton): "
                   + (f"this repository points EXECUTION_ENV_PATH at `{env.string_value}`, the environment that wrote "
                      "it (for another machine or a container, write the repository with `--python-env none` and "
                      "install wn-export in the server's Python)." if env else

@@ -7,11 +7,16 @@ step serves all rows at once. What a stream draws depends only on its request:
 
 - its uniforms are those of stream `index` of a `streams`-stream generation with its seed
   (`reference_model.uniforms(seed, steps, streams, start)[:, index]`; the default 1-of-1 layout is
-  `wn-export generate --seed S`'s), drawn by the same `Sampler` / `mol_draw` as the `StepLoop`;
-- the batch never has fewer than `min_rows` = 2 rows (an idle row pads a lone stream): ONNX Runtime's
-  one-row kernels round differently (≈5e-6 on the logits) from its batched ones, whose rows are
-  bit-identical to each other at every batch size and row position. So a stream's tokens equal stream
-  `index` of `wn-export generate --batch streams --seed S` (streams ≥ 2) whatever else runs beside it.
+  `wn-export generate --seed S`'s), drawn by the same float64 inverse CDF / `mol_draw` as the `StepLoop`;
+- the steps run where `wn-export generate` runs them: in blocks of the runner's `generate_block` (the ONNX
+  Runtime host's native loop, one call per burst of steps, each row with its own temperature or greedy)
+  when it has one, else one `step` call per sample. The native loop's rows do not depend on the batch they
+  are in (`StepRunner.batch_invariant`), so a lone stream runs at batch 1 and its tokens equal
+  `wn-export generate --batch 1 --seed S`'s exactly, whatever else runs beside it. On the per-step path the
+  batch never has fewer than `min_rows` = 2 rows (an idle row pads a lone stream): ONNX Runtime's one-row
+  kernels round differently (≈5e-6 on the logits) from its batched ones, whose rows are bit-identical to
+  each other at every batch size and row position; there a stream's tokens equal stream `index` of
+  `wn-export generate --batch streams --seed S` (streams ≥ 2).
 
 Streams are delivered in chunks of exactly `chunk` samples (the last one shorter) through a `Sink`; a
 burst of steps runs until the earliest chunk boundary of any row, or until a new request arrives.
@@ -87,21 +92,26 @@ class StreamBatcher:
     `submit` may be called from any thread; `serve(stop)` runs the loop (one thread); `step_burst` runs
     one burst (tests drive it directly). Up to `max_streams` streams share a batch; more wait in order."""
 
-    def __init__(self, generator: Generator, *, max_streams: int = 16, chunk: int = 4000, min_rows: int = 2,
-                 window: int = 4000):
-        if max_streams < 1 or chunk < 1 or min_rows < 1 or window < 1:
-            raise InputError("max_streams, chunk, min_rows and window must be positive")
+    def __init__(self, generator: Generator, *, max_streams: int = 16, chunk: int = 4000, min_rows: int | None = None,
+                 window: int = 4000, block: int = 512):
+        if max_streams < 1 or chunk < 1 or (min_rows or 1) < 1 or window < 1 or block < 1:
+            raise InputError("max_streams, chunk, min_rows, window and block must be positive")
         generator.open()
         self.gen, self.cfg = generator, generator.cfg
         self.runner = generator.runner
         if not hasattr(self.runner, "regroup"):
             raise InputError(f"the {generator.backend} backend cannot batch streams that start at different times "
                              "(its runner has no regroup); serve generation with the onnxruntime backend")
-        self.max_streams, self.chunk, self.min_rows, self.window = max_streams, chunk, min_rows, window
+        self.max_streams, self.chunk, self.window = max_streams, chunk, window
+        self.block = block  # steps per native call: a new request waits at most one block
         self.mol = bool(getattr(self.cfg, "mol", False))
         rule = feedback_rule(self.cfg, 1, seed=0, method="greedy", temperature=1.0)
         self.to_feed, self.first = rule.to_feed, rule.first[0]  # recorded value → next input; the first input
         self.dtype = np.float32 if self.mol else np.int64
+        # token models try the runner's generate_block first (until it declines); see the module doc
+        self.native = not self.mol and self.to_feed is None
+        self.auto_rows = min_rows is None
+        self.min_rows = min_rows or (1 if self.native and self.runner.batch_invariant else 2)
         self.active: list[_Stream] = []  # row j of the batch is active[j]; rows ≥ len(active) pad
         self.waiting: deque[_Stream] = deque()
         self.lock = threading.Condition()
@@ -207,17 +217,53 @@ class StreamBatcher:
 
     def _run(self, steps: int) -> int:
         """`steps` steps of every row (fewer if a request arrives) → self.record (steps, B)."""
-        runner, active = self.runner, self.active
         B = len(self.feed)
         u = np.full((steps, B, 2) if self.mol else (steps, B, 1), 0.5)  # pad rows draw at 0.5
-        for j, s in enumerate(active):
+        for j, s in enumerate(self.active):
             if s.spec.request.method == "sample":
                 u[:, j] = s.uniforms(steps, self.mol).reshape(steps, -1)
         cond = None
         if self.cfg.local:
             cond = np.zeros((steps, B, self.cfg.local_channels), dtype=np.float32)
-            for j, s in enumerate(active):
+            for j, s in enumerate(self.active):
                 cond[:, j] = s.spec.request.cond[0, :, s.t:s.t + steps].T
+        done = self._run_blocks(u[:, :, 0], cond) if self.native else 0
+        if done == 0:
+            done = self._run_steps(u, cond)
+        return done
+
+    def _run_blocks(self, u: np.ndarray, cond: np.ndarray | None) -> int:
+        """The steps in blocks of the runner's `generate_block` (u (steps, B), cond (steps, B, C)) → steps
+        run, or 0 when the runner has no such path (`self.native` turns off)."""
+        steps, B = u.shape
+        temperatures = np.zeros(B)  # 0: greedy (idle rows too)
+        for j, s in enumerate(self.active):
+            if s.spec.request.method == "sample":
+                temperatures[j] = s.spec.request.temperature
+        record = np.empty((steps, B), dtype=np.int64)
+        feed, done = np.ascontiguousarray(self.feed, dtype=np.int64), 0
+        while done < steps:
+            k = min(self.block, steps - done)
+            block_cond = None if cond is None else cond[done:done + k].transpose(1, 2, 0)  # (B, C, k)
+            if not self.runner.generate_block(feed, record[done:done + k], u=np.ascontiguousarray(u[done:done + k]),
+                                              temperature=temperatures, cond=block_cond):
+                if done == 0:
+                    self.native = False
+                    if self.auto_rows:
+                        self.min_rows = 2
+                    return 0
+                break
+            feed, done = record[done + k - 1], done + k
+            if self.arrived:
+                break
+        self.feed = np.array(feed, copy=True)
+        self.record = record[:done]
+        return done
+
+    def _run_steps(self, u: np.ndarray, cond: np.ndarray | None) -> int:
+        """The steps one `step` call per sample (u (steps, B, 1|2), cond (steps, B, C))."""
+        runner = self.runner
+        steps, B = u.shape[:2]
         draw = self._draw(u, B)
         record = np.empty((steps, B), dtype=self.dtype)
         feed, to_feed = self.feed, self.to_feed

@@ -3,9 +3,11 @@
 Everything is read from `manifest.json` (tensor names, dtypes, shapes, state pairs, initial values, engine
 profiles); nothing is re-derived by convention. Models (names get `--prefix`):
 
-- `generate`: the whole sampling loop in the server (python backend, decoupled, our ONNX Runtime host,
-  `serving.service`). Inputs `samples`, `seed`, `temperature`, `method`, [`speaker`], [`conditioning`],
-  `streams`, `stream`; each response is one chunk: `audio`, `offset`, [`tokens`].
+- `generate`: the whole sampling loop in the server (python backend, decoupled, one of our hosts,
+  `serving.service`: `--generation-backend auto|onnxruntime|tensorrt|triton`, chosen when the model loads).
+  Inputs `samples`, `seed`, `temperature`, `method`, [`speaker`], [`conditioning`], `streams`, `stream`;
+  each response is one chunk: `audio`, `offset`, [`tokens`]. Its `export/` copy holds the manifest, the
+  graphs, the FP32 step engine when the host may be tensorrt, and the checkpoint for the triton host.
 - `step`: one sample of many sequences, `onnxruntime_onnx` or `tensorrt_plan`, full state layout only;
   `sequence_batching` (oldest strategy) with the manifest's state pairs as implicit state, each starting
   from the manifest's initial value; ONNX Runtime: START/END/READY/CORRID controls.
@@ -45,6 +47,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
                 "int32": "TYPE_INT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL"}
 CONTROLS = (("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
             ("READY", "CONTROL_SEQUENCE_READY"), ("CORRID", "CONTROL_SEQUENCE_CORRID"))
+CHECKPOINT = "checkpoint.safetensors"  # the triton generation host's weights, in the generation model's export copy
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.12-py3"  # Triton 2.53: Ubuntu 24.04, Python 3.12 (wn-export needs ≥ 3.11)
 
 
@@ -61,6 +64,7 @@ class Options:
     chunk: int = 4000  # samples per generation response
     max_samples: int = 16000 * 600
     threads: int | None = None  # ONNX Runtime intra-op threads of the generation host
+    generation_backend: str = "auto"  # the generation host (serving.service.GENERATION_BACKENDS)
     python_env: str | None = "auto"  # EXECUTION_ENV_PATH of the generation model: auto = this venv, None = none
 
 
@@ -105,6 +109,26 @@ def _check(manifest: Manifest, opts: Options) -> None:
                              f"out (--models generate,scoring)")
     if "generate" in opts.models:
         manifest.graph("step")  # the generation host runs the FP32 step graph
+        _check_generation_backend(manifest, opts.generation_backend)
+
+
+def _check_generation_backend(manifest: Manifest, backend: str) -> None:
+    """What the generation host needs and the repository copies: tensorrt, the FP32 step engine (its file
+    unchanged); triton, a model the kernel runs and its checkpoint (present, unchanged since the export)."""
+    from wn_export.serving.service import GENERATION_BACKENDS
+
+    if backend not in GENERATION_BACKENDS:
+        raise InputError(f"unknown generation backend {backend!r} (choose from {', '.join(GENERATION_BACKENDS)})")
+    if backend == "tensorrt":
+        from wn_export.backends.tensorrt.runner import engine_record
+
+        engine_record(manifest, "step")
+    if backend == "triton":
+        from wn_export.backends.torch_ref import recorded_checkpoint
+        from wn_export.backends.triton.layout import check_supported
+
+        check_supported(manifest.config)
+        recorded_checkpoint(manifest)
 
 
 def _graph_and_file(manifest: Manifest, kind: str, opts: Options) -> tuple[GraphRecord, Path, int]:
@@ -239,7 +263,10 @@ def generate_config(manifest: Manifest, opts: Options):
         o.dims.extend(dims)
     _instances(cfg, opts.instances, "cpu", mc)
     params = {"export": "export", "max_streams": opts.max_streams, "chunk": opts.chunk,
-              "max_samples": opts.max_samples, "sample_rate": model.sample_rate}
+              "max_samples": opts.max_samples, "sample_rate": model.sample_rate,
+              "generation_backend": opts.generation_backend}
+    if opts.generation_backend == "triton":
+        params["checkpoint"] = CHECKPOINT  # in the export copy
     if opts.threads:
         params["threads"] = opts.threads
     env = python_env(opts.python_env)
@@ -368,6 +395,13 @@ def _write_generate(manifest: Manifest, root: Path, opts: Options):
     shutil.copyfile(manifest.directory / "manifest.json", export / "manifest.json")
     for graph in manifest.graphs.values():
         shutil.copyfile(graph.path, export / graph.file)
+    engine = manifest.engines.get("step")
+    if opts.generation_backend in ("auto", "tensorrt") and engine is not None and engine.path.is_file():
+        shutil.copyfile(engine.path, export / engine.file)  # auto: the host may take it where a GPU is visible
+    if opts.generation_backend == "triton":
+        from wn_export.backends.torch_ref import recorded_checkpoint
+
+        shutil.copyfile(recorded_checkpoint(manifest), export / CHECKPOINT)
     return cfg
 
 

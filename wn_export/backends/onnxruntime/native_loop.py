@@ -43,7 +43,8 @@ class WnLoopModel(ctypes.Structure):  # struct WnLoopModel (plugins/ort/loop.cc)
 class WnLoopRun(ctypes.Structure):  # struct WnLoopRun (plugins/ort/loop.cc)
     _fields_ = [("batch", _i64), ("steps", _i64), ("position", _i64), ("split", _i64), ("state", _p), ("first", _p),
                 ("gate_base", _p), ("gate_base_ld", _i64), ("cond", _p), ("cond_sb", _i64), ("cond_sc", _i64),
-                ("cond_st", _i64), ("u", _p), ("temperature", _f64), ("tokens", _p), ("logits", _p), ("step_ns", _p)]
+                ("cond_st", _i64), ("u", _p), ("temperature", _f64), ("tokens", _p), ("logits", _p), ("step_ns", _p),
+                ("temperatures", _p)]
 
 
 ALIGN = 128  # bytes: kAlign of plugins/ort/kernels.h (a multiple of every cache line)
@@ -136,23 +137,34 @@ class LoopPlan:
 
     def gate_base(self, batch: int, speaker) -> np.ndarray:
         """The gate pre-activation that does not change per sample: (L·2G,) shared, or (batch, L·2G) with a
-        speaker projection."""
+        speaker projection. Each speaker's row comes from one table computed once for all speakers, so a
+        stream's row does not depend on the batch it is in."""
         a = self.arrays
         if a["speaker_embed"] is None:
             return a["gate_bias"]
         if speaker is None or np.shape(speaker) != (batch,):
             raise NoMatch("speaker ids")
-        e = a["speaker_embed"][np.asarray(speaker, np.int64)]  # (B, E)
-        proj = e @ a["w_speaker"].astype(np.float32)
-        return np.ascontiguousarray(a["gate_bias"][None] + proj, dtype=np.float32)
+        if "speaker_gate" not in a:  # (speakers, L·2G)
+            proj = a["speaker_embed"] @ a["w_speaker"].astype(np.float32)
+            a["speaker_gate"] = np.ascontiguousarray(a["gate_bias"][None] + proj, dtype=np.float32)
+        return np.ascontiguousarray(a["speaker_gate"][np.asarray(speaker, np.int64)])
 
     def run(self, *, state: np.ndarray, position: int, first: np.ndarray, out: np.ndarray, gate_base: np.ndarray,
             u: np.ndarray | None, temperature: float, cond: np.ndarray | None, logits: np.ndarray, split: str,
             step_ns: np.ndarray | None = None) -> None:
         """`len(out)` steps from `position`: state (B, ΣN, R) float32 and logits (B, Q) are updated in place,
-        out (steps, B) int64 receives the tokens; u (steps, B) float64 or None (greedy); cond (B, C, ≥ steps)
-        float32 (any strides) when the model has local conditioning."""
+        out (steps, B) int64 receives the tokens; u (steps, B) float64 or None (greedy); temperature a float, or
+        (B,) float64 per row with 0 for a greedy row (u then required); cond (B, C, ≥ steps) float32 (any
+        strides) when the model has local conditioning."""
         steps, B = out.shape
+        rows = None
+        if np.ndim(temperature):
+            rows = np.ascontiguousarray(temperature, np.float64)
+            if rows.shape != (B,) or not np.all(rows >= 0) or (u is None and np.any(rows > 0)):
+                from wn_export.errors import InputError
+
+                raise InputError(f"per-row temperatures must be ({B},) values ≥ 0 (0: greedy), with uniforms")
+            temperature = 1.0
         itemsize = 4
         if cond is not None:
             sb, sc, st = (s // itemsize for s in cond.strides)
@@ -163,7 +175,8 @@ class LoopPlan:
                         gate_base_ld=gate_base.shape[-1] if gate_base.ndim == 2 else 0,
                         cond=None if cond is None else cond.ctypes.data, cond_sb=sb, cond_sc=sc, cond_st=st,
                         u=None if u is None else u.ctypes.data, temperature=float(temperature), tokens=out.ctypes.data,
-                        logits=logits.ctypes.data, step_ns=None if step_ns is None else step_ns.ctypes.data)
+                        logits=logits.ctypes.data, step_ns=None if step_ns is None else step_ns.ctypes.data,
+                        temperatures=None if rows is None else rows.ctypes.data)
         code = self.fn(ctypes.byref(self.model), ctypes.byref(run))
         if code:
             from wn_export.errors import InputError

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from wn_export.backends.base import ScoringRunner, StepRunner
+from wn_export.backends.base import Regroup, ScoringRunner, StepRunner
 from wn_export.contract.manifest import GraphRecord, Manifest
 from wn_export.errors import ArtifactError, BackendError, InputError
 
@@ -299,21 +299,21 @@ class OrtStepRunner(StepRunner):
         The position (ring layout) and the buffer parity (replace layout) carry over, so a continuing
         row computes exactly what it would have; a new row's initial state reads the same at every
         position, so it computes what a fresh stream would. `speaker`: (len(rows),) ids."""
-        rows = np.asarray(rows, dtype=np.intp)
-        if rows.ndim != 1 or not len(rows) or rows.max() >= self.batch:
-            raise InputError(f"regroup needs at least one row and rows < {self.batch} (got {rows.tolist()})")
+        plan = Regroup(rows, self.batch)
         names = [n for s in self.graph.state for n in (s.input, s.output)]
         old = {n: self.buffers[n] for n in names} if self.batch else {}
         position = self.position if self.batch else 0
-        self.reset(len(rows), speaker)
-        keep = rows >= 0
+        self.reset(plan.batch, speaker)
         for s in self.graph.state:
             for name in (s.input, s.output):
-                buf = self.buffers[name]  # (batch, …)
-                buf[~keep] = s.init
-                if keep.any():
-                    buf[keep] = old[name][rows[keep]]
+                plan.carry(old.get(name), self.buffers[name], s.init)  # (batch, …)
         self.position = position
+
+    @property
+    def batch_invariant(self) -> bool:
+        """The native loop's kernels compute each row in one fixed order (plugins/ort/kernels.h), at any batch
+        size and thread split."""
+        return self.loop is not None
 
     def generate_block(self, first, out, u=None, temperature=1.0, cond=None, step_ns=None) -> bool:
         """len(out) steps in one native call (the fused graph's native loop: no Python per sample) → True, or

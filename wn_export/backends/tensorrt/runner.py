@@ -10,13 +10,14 @@ columns to a *separate* `state_update` buffer (never the same buffer as input an
 graph serves every step (the position lives on the device and is advanced inside the graph).
 `replace` state: two buffers per state tensor are swapped each step; with CUDA graphs, one graph is
 captured per buffer parity. Only the token (and cond) go up and the logits come down per step.
+`regroup` (streams join and leave between steps) carries the state rows on the device (`carry_state`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from wn_export.backends.base import ScoringRunner, StepRunner, step_feeds
+from wn_export.backends.base import Regroup, ScoringRunner, StepRunner, step_feeds
 from wn_export.backends.onnxruntime.runner import resolve
 from wn_export.contract.manifest import EngineRecord, Manifest, TensorRecord, sha256
 from wn_export.errors import ArtifactError, BackendError, InputError
@@ -128,13 +129,14 @@ class TrtStepRunner(_TrtBase, StepRunner):
     def __init__(self, manifest: Manifest, graph: str = "step", cuda_graph: bool = True):
         super().__init__(manifest, graph)
         self.use_graph = cuda_graph
+        self.batch, self.steps, self.bufs = 0, 0, None
 
     def reset(self, batch, speaker=None):
         if self.context is None:
             raise BackendError("runner is not active: use it as a context manager")
         torch, g = self.torch, self.graph
         self._check_batch(batch)
-        dims = {"batch": batch}
+        self.batch, dims = batch, {"batch": batch}
         self.bufs = {t.name: self._buffer(t, dims) for t in (*g.inputs, *g.outputs)}
         self.rings, self.pairs = [], []
         for s in g.state:
@@ -196,3 +198,27 @@ class TrtStepRunner(_TrtBase, StepRunner):
         self.stream.synchronize()
         self.steps += 1
         return self.logits.numpy()
+
+    def regroup(self, rows, speaker=None) -> None:
+        """`OrtStepRunner.regroup` on the device: new row j carries on current row rows[j], or starts from the
+        initial state when rows[j] < 0; the ring position carries over (`carry_state`)."""
+        plan = Regroup(rows, self.batch)
+        old, steps = self.bufs, self.steps
+        self.reset(plan.batch, speaker)
+        torch = self.torch
+        if old is not None:
+            carry_state(self.graph.state, old, steps, self.bufs, plan, lambda a: torch.as_tensor(a, device="cuda"))
+        torch.cuda.synchronize()  # the new buffers are written before the next step's stream reads them
+
+
+def carry_state(states, old: dict, steps: int, new: dict, plan: Regroup, index=None) -> None:
+    """The state of a regrouped batch (`TrtStepRunner.regroup`), buffers keyed by tensor name, batch first
+    (NumPy arrays or torch tensors). Each state's current value goes row by row (`plan`) into the new batch's
+    state input: a ring is the input buffer itself; a `replace` pair is read by step `steps` from
+    pair[steps % 2] = (input, output)[steps % 2], and the new pair starts at parity 0. The ring position is
+    copied; new rows hold the initial value."""
+    for s in states:
+        current = old[s.input] if s.update == "ring" or steps % 2 == 0 else old[s.output]
+        plan.carry(current, new[s.input], s.init, index)
+        if s.update == "ring":
+            new[s.position][...] = old[s.position]

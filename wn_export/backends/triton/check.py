@@ -54,19 +54,32 @@ def logit_check(test: np.ndarray, ref: np.ndarray, precision: str) -> dict:
     return {**m, "failures": failures}
 
 
+def loop_tokens(runner, cfg, n: int, batch: int, *, block: bool, **options) -> np.ndarray:
+    """(batch, n) tokens of the one generation loop (`StepLoop`) over `runner`: with `block`, the runner's
+    block path (the draw in the kernel, `steps_per_launch` per launch), else one step and host draw per sample."""
+    from wn_export.errors import BackendError
+    from wn_export.generation.loop import StepLoop
+
+    loop = StepLoop(runner, batch, cfg, block=block, window=n, **options)
+    loop.reset()
+    tokens = loop.advance(n).T.copy()
+    if block and not loop.block:
+        raise BackendError(f"{type(runner).__name__} has no block path")
+    return tokens
+
+
 def generation_check(runner, model64: WaveNet, n: int, batch: int, seed: int = 0, cond=None, speaker=None,
                      method: str = "sample", steps_per_launch: int = 256) -> dict:
     """Tokens of the reference, of the runner with the host draw, and of the in-kernel draw."""
     from wn_export.backends.torch_ref import TorchStepRunner
     from wn_export.generation.loop import generate
 
-    kw = dict(seed=seed, method=method, cond=cond, speaker=speaker,
-              quantization_channels=model64.cfg.quantization_channels)
+    kw = dict(seed=seed, method=method, cond=cond, speaker=speaker)
     with TorchStepRunner(model64) as ref_runner:
-        ref = generate(ref_runner, n, batch, **kw)
-    host = generate(runner, n, batch, **kw)
-    fused = runner.generate(n, batch, seed=seed, method=method, cond=cond, speaker=speaker,
-                            steps_per_launch=steps_per_launch)
+        ref = generate(ref_runner, n, batch, quantization_channels=model64.cfg.quantization_channels, **kw)
+    host = loop_tokens(runner, model64.cfg, n, batch, block=False, **kw)
+    runner.steps_per_launch = steps_per_launch
+    fused = loop_tokens(runner, model64.cfg, n, batch, block=True, **kw)
     return {"reference": ref, "host_draw": host, "kernel_draw": fused,
             "host_agreement": float((host == ref).mean()), "kernel_agreement": float((fused == ref).mean())}
 
@@ -78,7 +91,7 @@ def _sync():
 
 def bench(runner, batch: int, steps: int) -> dict:
     """samples/s per stream and in aggregate: `step` (one launch per sample, logits to the host) and
-    `generate` with the draw in the kernel at several samples per launch."""
+    the generation loop's block path (`generate_block`: the draw in the kernel) at several samples per launch."""
     out = {"batch": batch, "steps": steps, "num_warps": runner.num_warps, "precision": runner.precision}
     runner.reset(batch)
     token = np.full(batch, runner.cfg.quantization_channels // 2, dtype=np.int64)
@@ -92,10 +105,11 @@ def bench(runner, batch: int, steps: int) -> dict:
     rate = steps / (time.perf_counter() - t)
     out["step"] = {"per_stream": rate, "aggregate": rate * batch}
     for k in STEPS_PER_LAUNCH:
-        runner.generate(min(k, 8), batch, steps_per_launch=k)  # compile the drawing variant
+        runner.steps_per_launch = k
+        loop_tokens(runner, runner.cfg, min(k, 8), batch, block=True)  # compile the drawing variant
         _sync()
         t = time.perf_counter()
-        runner.generate(steps, batch, steps_per_launch=k)
+        loop_tokens(runner, runner.cfg, steps, batch, block=True)
         _sync()
         rate = steps / (time.perf_counter() - t)
         out[f"generate/{k}"] = {"per_stream": rate, "aggregate": rate * batch}

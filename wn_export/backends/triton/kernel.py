@@ -7,7 +7,8 @@ from the layer's ring buffer, dilated conv + bias (+ local conditioning 1×1, + 
 projection), gate tanh(a)·σ(b), residual 1×1 (+ bias, + input, × residual scale), skip 1×1 summed
 (legacy r9y9 scaling optional), the layer's input written into its ring → skip scale → ReLU–1×1–ReLU–1×1
 → logits. With DRAW the kernel also draws the next token from a supplied uniform (the inverse-CDF rule
-of `reference_model.sampling`, in float64) and feeds it back, for `steps` samples per launch.
+of `reference_model.sampling`, in float64, at each stream's own temperature; 0 = argmax) and feeds it
+back, for `steps` samples per launch.
 
 Ring state (the step graph's `ring` layout): `state` (B, N, R), N = Σ(K−1)·d; layer l owns rows
 [offset_l, offset_l + length_l), length_l = (K−1)·d_l. At position p (samples consumed so far) tap j
@@ -32,17 +33,19 @@ import triton.language as tl
 
 @triton.jit
 def _draw(logits, qm, u, temperature, Q: tl.constexpr, GREEDY: tl.constexpr):
-    """(QP,) float32 logits → int64 class: greedy argmax, or inverse CDF in float64:
-    z = l / T, p = exp(z − max z), c = cumsum(p), first i with c_i > u · c_{Q−1}."""
+    """(QP,) float32 logits → int64 class: greedy argmax (GREEDY, or a stream whose temperature is 0), or
+    inverse CDF in float64: z = l / T, p = exp(z − max z), c = cumsum(p), first i with c_i > u · c_{Q−1}."""
+    greedy = tl.argmax(tl.where(qm, logits, float("-inf")), 0).to(tl.int64)
     if GREEDY:
-        tok = tl.argmax(tl.where(qm, logits, float("-inf")), 0).to(tl.int64)
+        tok = greedy
     else:
-        z = tl.where(qm, logits.to(tl.float64) / temperature, float("-inf"))
+        sample = temperature > 0.0
+        z = tl.where(qm, logits.to(tl.float64) / tl.where(sample, temperature, 1.0), float("-inf"))
         p = tl.exp(z - tl.max(z, 0))  # padded classes: exp(−inf) = 0
         cdf = tl.cumsum(p, 0)
         target = u * tl.max(cdf, 0)  # c is non-decreasing: its max is c_{Q−1}
         below = tl.sum(((cdf <= target) & qm).to(tl.int64), 0)
-        tok = tl.minimum(below, Q - 1)
+        tok = tl.where(sample, tl.minimum(below, Q - 1), greedy)
     return tok
 
 
@@ -74,7 +77,7 @@ def wavenet_steps(
     cond_ptr,  # (steps, B, C) float32 per-sample local conditioning (read only with HAS_COND)
     speaker_ptr,  # (B, L, G) float32 per-stream speaker projections (read only with HAS_SPEAKER)
     u_ptr,  # (steps, B) float64 uniforms (read only with DRAW and not GREEDY)
-    temperature_ptr,  # (1,) float64 sampling temperature (read only with DRAW and not GREEDY)
+    temperature_ptr,  # (B,) float64 per-stream sampling temperature, 0: greedy (read only with DRAW and not GREEDY)
     tokens_out_ptr,  # (B, steps) int64 drawn tokens (written only with DRAW)
     logits_ptr,  # (B, Q) float32: the logits of the last step
     position,  # samples consumed before this launch (int64)
@@ -239,7 +242,7 @@ def _steps(
             temperature = 1.0
             if not GREEDY:
                 u = tl.load(u_ptr + t * B + b)
-                temperature = tl.load(temperature_ptr)
+                temperature = tl.load(temperature_ptr + b)
             token = _draw(logits, qm, u, temperature, Q, GREEDY)
             tl.store(tokens_out_ptr + b * steps + t, token)
         tl.debug_barrier()  # this step's ring writes are visible to the next step's reads

@@ -1,5 +1,5 @@
 """The fused Triton step kernel behind the `StepRunner` interface: one launch per sample (`step`), or
-K samples per launch with the draw in the kernel (`generate`).
+K samples per launch with the draw in the kernel (`generate_block`, the generation loop's block path).
 
 The kernel runs on a CUDA GPU (JIT-compiled by Triton), or on the CPU under Triton's interpreter when
 `TRITON_INTERPRET=1` was set before this module was imported (slow: for tests of its numerics).
@@ -7,20 +7,22 @@ The kernel runs on a CUDA GPU (JIT-compiled by Triton), or on the CPU under Trit
     runner = TritonStepRunner(read_manifest(DIR))            # the checkpoint the manifest records
     runner = TritonStepRunner.from_model(model, "fp16")      # or any reference WaveNet
     runner.reset(batch, speaker); logits = runner.step(token, cond_t)     # (B, Q) float32
-    tokens = runner.generate(n, batch, seed=0)               # (B, n): same draws as wn_export.generate
+    tokens = generate(runner, n, batch, seed=0)              # wn_export.generation.loop: draws in the kernel
+    runner.regroup(rows, speaker)                            # streams join and leave (serving.streams)
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import time
 
 import numpy as np
 import torch
 
 from reference_model import WaveNet
-from reference_model.sampling import METHODS, check_temperature, uniforms
-from wn_export.backends.base import StepRunner
+from reference_model.sampling import MIN_TEMPERATURE, check_temperature
+from wn_export.backends.base import Regroup, StepRunner
 from wn_export.backends.triton.layout import PRECISIONS, KernelLayout, check_supported
 from wn_export.errors import BackendError, InputError
 
@@ -46,11 +48,13 @@ def load_kernel():
 
 class TritonStepRunner(StepRunner):
     name = "triton"
+    batch_invariant = True  # one program per stream, the same code at any grid: a row never sees the batch
 
     def __init__(self, manifest, graph: str = "step", *, device: str | None = None, num_warps: int = 4,
-                 block_h: int | None = None, block_o: int | None = None):
-        """The checkpoint `manifest` (a `Manifest` or an export directory) was exported from, at the
-        precision of its `graph`."""
+                 block_h: int | None = None, block_o: int | None = None, checkpoint=None,
+                 steps_per_launch: int = DEFAULT_STEPS_PER_LAUNCH):
+        """The checkpoint `manifest` (a `Manifest` or an export directory) was exported from (or
+        `checkpoint`, of the same config), at the precision of its `graph`."""
         from wn_export.backends.torch_ref import reference_model_for
         from wn_export.contract.manifest import Manifest, read_manifest
 
@@ -60,17 +64,22 @@ class TritonStepRunner(StepRunner):
         if spec.kind != "step":
             raise BackendError(f"graph {graph!r} is a {spec.kind} graph; the triton backend runs step graphs")
         check_supported(manifest.config)
-        self._setup(reference_model_for(manifest, None), spec.precision, device, num_warps, block_h, block_o)
+        self._setup(reference_model_for(manifest, checkpoint), spec.precision, device, num_warps, block_h, block_o,
+                    steps_per_launch)
 
     @classmethod
     def from_model(cls, model: WaveNet, precision: str = "fp32", device: str | None = None, *,
-                   num_warps: int = 4, block_h: int | None = None, block_o: int | None = None) -> TritonStepRunner:
+                   num_warps: int = 4, block_h: int | None = None, block_o: int | None = None,
+                   steps_per_launch: int = DEFAULT_STEPS_PER_LAUNCH) -> TritonStepRunner:
         runner = cls.__new__(cls)
-        runner._setup(model, precision, device, num_warps, block_h, block_o)
+        runner._setup(model, precision, device, num_warps, block_h, block_o, steps_per_launch)
         return runner
 
-    def _setup(self, model, precision, device, num_warps, block_h, block_o):
+    def _setup(self, model, precision, device, num_warps, block_h, block_o, steps_per_launch):
         check_supported(model.cfg)
+        if isinstance(steps_per_launch, bool) or not isinstance(steps_per_launch, int) or steps_per_launch < 1:
+            raise InputError(f"steps_per_launch must be a positive integer (got {steps_per_launch!r})")
+        self.steps_per_launch = steps_per_launch  # samples per launch of generate_block (the last one shorter)
         if precision not in PRECISIONS:
             raise BackendError(f"unknown precision {precision!r} (the triton backend runs {', '.join(PRECISIONS)})")
         self.kernel, interpreted = load_kernel()
@@ -78,7 +87,7 @@ class TritonStepRunner(StepRunner):
         if interpreted != (self.device.type == "cpu"):
             raise BackendError(f"the triton kernel was loaded {'with' if interpreted else 'without'} "
                                f"TRITON_INTERPRET=1 and cannot run on {self.device}")
-        self.model = copy.deepcopy(model).to(torch.float64).eval()  # speaker projections; generate() reads .cfg
+        self.model = copy.deepcopy(model).to(torch.float64).eval()  # speaker projections; the loop reads .cfg
         self.cfg = model.cfg
         self.precision = precision
         self.dtype = PRECISIONS[precision]
@@ -88,8 +97,8 @@ class TritonStepRunner(StepRunner):
         self.scalars = self.layout.scalars()
         self.weights = self.layout.pack(model, self.dtype).to(self.device)
         self.table = self.layout.table().to(self.device)
-        self.temperature = torch.ones(1, dtype=torch.float64, device=self.device)
         self.state = None
+        self.batch = 0
         self.position = 0
 
     # ---- StepRunner --------------------------------------------------------------------------
@@ -101,6 +110,7 @@ class TritonStepRunner(StepRunner):
         self.speaker = self._speaker(batch, speaker)
         self.logits = torch.empty(batch, cfg.quantization_channels, dtype=torch.float32, device=dev)
         self.token = torch.empty(batch, dtype=torch.int64, device=dev)
+        self.temperature = torch.ones(batch, dtype=torch.float64, device=dev)  # (B,) per stream, 0: greedy
         self.position = 0
 
     def step(self, token, cond_t=None) -> np.ndarray:
@@ -112,35 +122,58 @@ class TritonStepRunner(StepRunner):
         self.position += 1
         return self.logits.cpu().numpy()
 
+    def regroup(self, rows, speaker=None) -> None:
+        """Continue with len(rows) streams: new row j carries on current row rows[j], or starts from the zero
+        ring state when rows[j] < 0 (`base.Regroup`); the position carries over. `speaker`: (len(rows),) ids."""
+        plan = Regroup(rows, self.batch)
+        old, position = self.state, self.position
+        self.reset(plan.batch, speaker)
+        plan.carry(old, self.state, 0.0, lambda a: torch.as_tensor(a, device=self.device))  # (B, N, R)
+        self.position = position
+
     # ---- K samples per launch ----------------------------------------------------------------
-    def generate(self, n: int, batch: int = 1, *, seed: int = 0, method: str = "sample", temperature: float = 1.0,
-                 cond: np.ndarray | None = None, speaker=None,
-                 steps_per_launch: int = DEFAULT_STEPS_PER_LAUNCH) -> np.ndarray:
-        """n samples per stream, drawn in the kernel → (batch, n) int64 tokens. The same contract as
-        `wn_export.generate.generate`: zero state, first input Q/2, uniforms(seed, n, batch)[t] for step t."""
-        if n < 1 or steps_per_launch < 1:
-            raise InputError(f"need at least one sample and one step per launch (got n={n}, "
-                             f"steps_per_launch={steps_per_launch})")
-        if method not in METHODS:
-            raise InputError(f"unknown sampling method {method!r} (choose from {', '.join(METHODS)})")
-        temperature = check_temperature(method, temperature)  # the one rule for every host
-        if cond is not None and (np.ndim(cond) != 3 or cond.shape[0] != batch or cond.shape[2] < n):
-            raise InputError(f"conditioning must be (batch={batch}, channels, ≥ {n} samples), got {np.shape(cond)}")
-        self.reset(batch, speaker)
-        greedy = method == "greedy"
-        self.temperature.fill_(float(temperature))
-        self.token.fill_(self.cfg.quantization_channels // 2)
-        out = np.empty((batch, n), dtype=np.int64)
-        for t0 in range(0, n, steps_per_launch):
-            k = min(steps_per_launch, n - t0)
-            u = None if greedy else torch.as_tensor(uniforms(seed, k, batch, start=t0)).to(self.device)  # (k, B)
-            drawn = torch.empty(batch, k, dtype=torch.int64, device=self.device)
+    def generate_block(self, first, out, u=None, temperature=1.0, cond=None, step_ns=None) -> bool:
+        """len(out) steps with the draw in the kernel, `steps_per_launch` per launch (`StepRunner.generate_block`):
+        first (B,) int64, out (steps, B) int64, u (steps, B) float64 uniforms (None: greedy), temperature
+        one value or (B,) float64 per stream (0: greedy for that stream), cond (B, C, ≥ steps). step_ns
+        receives each launch's wall time spread evenly over its steps."""
+        self._ready()
+        if np.ndim(out) != 2 or np.shape(out)[1] != self.batch:
+            raise InputError(f"out must be (steps, batch={self.batch}), got {np.shape(out)}")
+        steps = out.shape[0]
+        greedy = u is None
+        if not greedy:
+            if np.shape(u) != (steps, self.batch):
+                raise InputError(f"u must be (steps={steps}, batch={self.batch}) uniforms, got {np.shape(u)}")
+            self.temperature.copy_(torch.as_tensor(self._temperatures(temperature)))
+        if cond is not None and (np.ndim(cond) != 3 or np.shape(cond)[2] < steps):
+            raise InputError(f"cond must be (batch, channels, ≥ {steps} samples), got {np.shape(cond)}")
+        self.token.copy_(torch.as_tensor(self._tokens(first)))
+        for t0 in range(0, steps, self.steps_per_launch):
+            k = min(self.steps_per_launch, steps - t0)
+            start = time.perf_counter_ns()
+            uk = None if greedy else torch.as_tensor(np.ascontiguousarray(u[t0:t0 + k], np.float64)).to(self.device)
+            drawn = torch.empty(self.batch, k, dtype=torch.int64, device=self.device)  # (B, k)
             self._launch(self.token, self._cond(None if cond is None else cond[:, :, t0:t0 + k], k), k,
-                         draw=True, greedy=greedy, u=u, drawn=drawn)
+                         draw=True, greedy=greedy, u=uk, drawn=drawn)
             self.position += k
             self.token.copy_(drawn[:, -1])
-            out[:, t0:t0 + k] = drawn.cpu().numpy()
-        return out
+            out[t0:t0 + k] = drawn.T.cpu().numpy()  # copies to the host: the launch has finished
+            if step_ns is not None:
+                step_ns[t0:t0 + k] = (time.perf_counter_ns() - start) // k
+        return True
+
+    def _temperatures(self, temperature) -> np.ndarray:
+        """One temperature (the sampling rule of every host) or (B,) per stream, each 0 (greedy) or a valid one
+        → (B,) float64."""
+        if np.ndim(temperature) == 0:
+            return np.full(self.batch, check_temperature("sample", temperature))
+        t = np.asarray(temperature)
+        if t.shape != (self.batch,) or not np.issubdtype(t.dtype, np.floating) or not np.isfinite(t).all() \
+                or ((t != 0) & (t < MIN_TEMPERATURE)).any():
+            raise InputError(f"per-stream temperatures must be ({self.batch},) finite floats, each 0 (greedy) or "
+                             f"≥ {MIN_TEMPERATURE:g} (got {t.dtype} {t.shape}: {t.ravel()[:8].tolist()})")
+        return t.astype(np.float64)
 
     # ---- internals ---------------------------------------------------------------------------
     def _launch(self, token, cond, steps, *, draw, greedy=False, u=None, drawn=None):

@@ -8,7 +8,10 @@ lives in `wn_export.serving` (the stub's Python must be able to import wn_export
 or point the model's EXECUTION_ENV_PATH at an environment that has it).
 
 Model config parameters (written by `wn-export triton`): `export` (the export directory, relative to
-the version directory), `max_streams`, `chunk`, `max_samples`, `threads`.
+the version directory), `max_streams`, `chunk`, `max_samples`, `threads`, `generation_backend` (auto,
+onnxruntime, tensorrt or triton: `serving.service.choose_backend`), `checkpoint` (the triton host's weights,
+in the export directory). A host that cannot load fails `initialize` with one message (Triton then marks
+the model unavailable); auto falls back to onnxruntime and logs why.
 """
 
 import json
@@ -23,8 +26,10 @@ class _Sender:
 
     def __init__(self, sender, decode, tokens: bool):
         self.sender, self.decode, self.tokens = sender, decode, tokens
+        self.sent = 0  # samples sent
 
     def chunk(self, offset, values):
+        self.sent = offset + len(values)
         outputs = [pb_utils.Tensor("audio", self.decode(values)),
                    pb_utils.Tensor("offset", np.array([offset], dtype=np.int64))]
         if self.tokens:
@@ -36,7 +41,10 @@ class _Sender:
         if error is None:
             self.sender.send(flags=final)
         else:
-            code = pb_utils.TritonError.CANCELLED if "cancelled" in error else pb_utils.TritonError.UNAVAILABLE
+            cancelled = "cancelled" in error
+            if cancelled:
+                pb_utils.Logger.log_info(f"a stream was cancelled by its client after {self.sent:,} samples")
+            code = pb_utils.TritonError.CANCELLED if cancelled else pb_utils.TritonError.UNAVAILABLE
             self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(error, code)), flags=final)
 
     def cancelled(self):
@@ -49,8 +57,9 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.service = GenerationService(version_dir / params.get("export", "export"),
+        export = Path(args["model_repository"]) / args["model_version"] / params.get("export", "export")
+        self.service = GenerationService(export, backend=params.get("generation_backend", "auto"),
+                                         checkpoint=export / params["checkpoint"] if params.get("checkpoint") else None,
                                          max_streams=int(params.get("max_streams", 16)),
                                          chunk=int(params.get("chunk", 4000)),
                                          max_samples=int(params.get("max_samples", 16000 * 600)),
@@ -59,6 +68,8 @@ class TritonPythonModel:
         self.tokens = any(o["name"] == "tokens" for o in config["output"])
         self.service.start()
         pb_utils.Logger.log_info(f"{config['name']}: {self.service.setup}")
+        if self.service.notice:
+            pb_utils.Logger.log_warn(f"{config['name']}: {self.service.notice}")
 
     def execute(self, requests):
         from wn_export.errors import WNExportError
