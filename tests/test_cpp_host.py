@@ -6,7 +6,10 @@ has network access to the registries, and a silently skipped host would prove no
 
 - `wn_generate` (ONNX Runtime backend) draws exactly the Python host's samples for the same seed
   (`wn_export.generation.generate` with `OrtStepRunner`): ring and full state layouts, batch 1 and 2,
-  speaker and local conditioning, FP16 state, temperature and greedy; its WAV is Python's WAV.
+  speaker and local conditioning, FP16 state, temperature and greedy; its WAV is Python's WAV. Per step
+  (`--no-native`) it matches the Python host on the standard graph; with the export's native loop plan (the
+  default for ring-layout FP32 and w16 step graphs) it matches the Python host's native loop (fused graph),
+  for every thread split and chunk size.
 - `wn_score` reproduces the scoring graph's mean log-likelihood.
 - The TensorRT backend compiles against the TensorRT 10.14 headers of PyPI `kernel-lens` (and real
   API misuse against those headers does not).
@@ -102,7 +105,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
                 continue
             out[f"{name}-{layout}"] = root / f"{name}-{layout}"
             export_directory(out[f"{name}-{layout}"], ckpt, fp16=(name == "plain" and layout == "ring"),
-                             layout=layout)
+                             w16=layout == "ring", layout=layout)
     return out
 
 
@@ -113,15 +116,24 @@ def run(host: Path, program: str, *args, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def python_tokens(directory: Path, n: int, batch: int, graph: str = "step", **kwargs) -> np.ndarray:
+def python_tokens(directory: Path, n: int, batch: int, graph: str = "step", native: bool = False,
+                  **kwargs) -> np.ndarray:
+    """The Python host's tokens: on the standard graph (what wn_generate steps per step), or with `native` as
+    `wn-export generate` runs it (the fused graph's native loop)."""
     manifest = read_manifest(directory)
-    with OrtStepRunner(manifest, graph, fused=False) as runner:  # the C++ host runs the standard graph
+    with OrtStepRunner(manifest, graph, fused=None if native else False) as runner:
+        assert (runner.loop is not None) == native, runner.setup
         return generate(runner, n, batch, quantization_channels=manifest.config.quantization_channels, **kwargs)
 
 
-def cpp_generate(host: Path, directory: Path, tmp_path: Path, n: int, batch: int, *args) -> tuple[np.ndarray, Path]:
+def cpp_generate(host: Path, directory: Path, tmp_path: Path, n: int, batch: int, *args,
+                 native: bool = False) -> tuple[np.ndarray, Path]:
+    """wn_generate's tokens and WAV; per step (--no-native) unless `native`, and the path it says it ran checked."""
     wav, tok = tmp_path / "out.wav", tmp_path / "out.tokens"
-    run(host, "wn_generate", directory, "-o", wav, "-n", n, "--batch", batch, "--tokens", tok, "-q", *args)
+    proc = run(host, "wn_generate", directory, "-o", wav, "-n", n, "--batch", batch, "--tokens", tok,
+               *([] if native else ["--no-native"]), *args)
+    setup = proc.stderr.splitlines()[0]
+    assert ("native loop" in setup) == native, setup
     return np.fromfile(tok, dtype=np.int64).reshape(batch, n), wav
 
 
@@ -191,6 +203,97 @@ def test_generate_variants_match_python_host(host, exports, tmp_path, mode):
         args, kwargs = ["--seed", 2**64 - 1], {"seed": 2**64 - 1}
     cpp, _ = cpp_generate(host, directory, tmp_path, n, 2, *args)
     np.testing.assert_array_equal(cpp, python_tokens(directory, n, 2, graph, **kwargs))
+
+
+# ---- the native loop (the export's plan) ----------------------------------------------------------------------
+NATIVE_CASES = [  # (export, graph, batch, extra wn_generate arguments, python kwargs)
+    ("plain-ring", "step", 1, [], {}),
+    ("plain-ring", "step", 3, [], {}),
+    ("plain-ring", "step.w16", 1, [], {}),
+    ("plain-ring", "step.w16", 3, [], {}),
+    ("speaker-ring", "step", 3, ["--speaker", "2,0,1"], {"speaker": np.array([2, 0, 1])}),
+    ("speaker-ring", "step.w16", 1, ["--speaker", 1], {"speaker": np.array([1])}),
+    ("local-ring", "step", 3, ["--speaker", "1,0,1", "--chunk", 128], {"speaker": np.array([1, 0, 1])}),
+    ("local-ring", "step.w16", 1, ["--speaker", 0, "--chunk", 100], {"speaker": np.array([0])}),
+]
+
+
+@pytest.mark.parametrize("name, graph, batch, args, kwargs", NATIVE_CASES,
+                         ids=[f"{c[0]}-{c[1]}-b{c[2]}" for c in NATIVE_CASES])
+def test_native_loop_draws_the_python_hosts_tokens(host, exports, tmp_path, name, graph, batch, args, kwargs):
+    """wn_generate's default path on a ring export is the native loop on the export's plan: the tokens of the
+    Python host's native loop (`wn-export generate`) for several seeds, temperatures and greedy."""
+    directory, n = exports[name], 300
+    cfg = CONFIGS[name.split("-")[0]]
+    args, kwargs = list(args), dict(kwargs)
+    if cfg.local:
+        cond = np.random.default_rng(batch).standard_normal((batch, cfg.local_channels, n + 5)).astype(np.float32)
+        cond.tofile(tmp_path / "cond.f32")
+        args += ["--cond", tmp_path / "cond.f32"]
+        kwargs["cond"] = cond
+    for seed, method, temperature in ((0, "sample", 1.0), (1234, "sample", 0.7), (2**64 - 1, "sample", 1.3),
+                                      (0, "greedy", 1.0)):
+        options = ["--greedy"] if method == "greedy" else ["--seed", seed, "--temperature", temperature]
+        cpp, _ = cpp_generate(host, directory, tmp_path, n, batch, "--graph", graph, *options, *args, native=True)
+        py = python_tokens(directory, n, batch, graph, native=True, seed=seed, method=method,
+                           temperature=temperature, **kwargs)
+        if method == "sample":
+            assert len(np.unique(py)) > 5  # really sampled
+        np.testing.assert_array_equal(cpp, py, err_msg=f"seed {seed}, {method}, T={temperature}")
+
+
+def test_native_loop_splits_and_chunks_draw_the_same_tokens(host, exports, tmp_path):
+    """Whoever computes what (the thread split) and how the steps are cut into calls (chunks) change no token;
+    the chunks stream into the WAV Python writes."""
+    directory, n, batch = exports["plain-ring"], 257, 3
+    want = python_tokens(directory, n, batch, native=True, seed=3)
+    for args in (["--split", "alone"], ["--split", "pipeline"], ["--split", "rows"], ["--chunk", 7],
+                 ["--chunk", 100, "--split", "rows"]):
+        got, wav = cpp_generate(host, directory, tmp_path, n, batch, "--seed", 3, *args, native=True)
+        np.testing.assert_array_equal(got, want, err_msg=str(args))
+    cfg = CONFIGS["plain"]
+    for b in range(batch):
+        assert_same_wav(tmp_path / f"out_{b}.wav", want[b], cfg.quantization_channels, cfg.sample_rate, tmp_path)
+
+
+def test_native_loop_says_which_path_ran(host, exports, tmp_path):
+    """The first stderr line names the path; --json reports it; without a plan (full layout, FP16 graph) and with
+    --no-native the graph is stepped through ONNX Runtime."""
+    wav = tmp_path / "o.wav"
+    proc = run(host, "wn_generate", exports["plain-ring"], "-o", wav, "-n", 50, "--json", "--split", "rows")
+    assert proc.stderr.splitlines()[0] == ("wn_generate: fused layer chain and head (fp32 weights), native loop, "
+                                           "rows split (step.native.safetensors)")
+    report = json.loads(proc.stdout)
+    assert report["path"] == "native" and report["split"] == "rows" and report["samples"] == 50
+    assert report["samples_per_s"] > 0 and 0 < report["step_ms_p50"] <= report["step_ms_p99"]
+    for directory, args, why in ((exports["plain-full"], [], "the manifest has no native loop plan for graph 'step'"),
+                                 (exports["plain-ring"], ["--graph", "step.fp16"], "no native loop plan for graph 'step.fp16'"),
+                                 (exports["plain-ring"], ["--no-native"], "--no-native")):
+        proc = run(host, "wn_generate", directory, "-o", wav, "-n", 20, "--json", *args)
+        assert proc.stderr.splitlines()[0].startswith("wn_generate: onnxruntime per step (") and why in proc.stderr
+        assert json.loads(proc.stdout)["path"] == "onnxruntime"
+    proc = run(host, "wn_generate", exports["plain-ring"], "-o", wav, "-n", 20, "--split", "both", check=False)
+    assert proc.returncode == 2 and "--split must be auto, alone, pipeline or rows" in proc.stderr
+
+
+def test_bench_measures_the_cpp_host(host, exports):
+    """`wn-export bench` has C++ rows (fp32 and w16 plans) when the host is built, judged against the same floor
+    as the Python host's rows; none without the C++ host or for local conditioning."""
+    from wn_export.bench import run as bench
+
+    kw = dict(batches=(1, 2), seconds=0.02, rounds=2, min_steps=3, scoring=False, package_baseline=False,
+              baseline_1thread=False)
+    report = bench.run_bench(exports["speaker-ring"], cpp=host / "wn_generate", **kw)
+    for b in (1, 2):
+        for name, weights in ((bench.CPP, "fp32"), (f"{bench.CPP} (w16)", "w16")):
+            row = report.get("step", name, b)
+            assert row is not None and row.weights == weights and len(row.rounds) == 2, (name, b)
+            assert row.samples_per_s > 0 and row.p50_ms > 0 and report.floor_share(row) is not None
+            assert "native loop" in row.note and "(the Python host's split)" in row.note
+    assert report.settings["cpp_host"] == str(host / "wn_generate")
+    assert not [r for r in bench.run_bench(exports["speaker-ring"], cpp=False, **kw).results if bench.CPP in r.backend]
+    assert not [r for r in bench.run_bench(exports["local-ring"], cpp=host / "wn_generate", **kw).results
+                if bench.CPP in r.backend]
 
 
 # ---- scoring --------------------------------------------------------------------------------------------
@@ -307,8 +410,8 @@ def _broken(kind: str, src: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("program", ["wn_generate", "wn_score"])
 def test_bad_export_directory_is_one_clear_line(host, exports, tmp_path, kind, message, program):
     directory = _broken(kind, exports["plain-ring"], tmp_path)
-    if program == "wn_generate":
-        args = ["-o", tmp_path / "out.wav", "-n", 10]
+    if program == "wn_generate":  # renamed-input: ONNX Runtime's graph check (the native loop never opens the graph)
+        args = ["-o", tmp_path / "out.wav", "-n", 10, *(["--no-native"] if kind == "renamed-input" else [])]
     else:
         np.zeros((1, 10), np.int64).tofile(tmp_path / "t.i64")
         args = ["--tokens", tmp_path / "t.i64"]

@@ -9,7 +9,9 @@ The manifest, WAV and token cases run on a second build made with AddressSanitiz
 UndefinedBehaviorSanitizer (`hosts/cpp/build.sh --sanitize` → hosts/cpp/build-asan): a sanitizer
 report exits 86 and fails the case. A seeded mutation fuzzer feeds a few hundred corrupted manifests
 to `wn_manifest_check` (the reader wn_generate and wn_score use, without ONNX Runtime) and a sample
-of them to wn_generate and wn_score.
+of them to wn_generate and wn_score. The native loop's plan file (step.native.safetensors: a safetensors
+header and the packed weights) gets the same treatment: crafted headers, shapes, offsets, dimensions and
+values, and a seeded fuzz of mutated plan files.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def _nan_export(src: Path, dst: Path) -> Path:
     onnx.save(model, str(dst / "step.onnx"))
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["graphs"]["step"]["sha256"] = hashlib.sha256((dst / "step.onnx").read_bytes()).hexdigest()
+    del manifest["native_loops"]  # its plan is the original graph's: this export steps the graph per step
+    (dst / "step.native.safetensors").unlink()
     (dst / "manifest.json").write_text(json.dumps(manifest))
     return dst
 
@@ -703,3 +707,292 @@ def test_fuzzed_manifests_never_crash_a_reader(asan, tree, deep_recursion):
                 p.unlink()
     print(f"\nfuzzed manifests: {outcomes[0]} accepted, {outcomes[1]} rejected with one line")
     assert outcomes[1] > FUZZ_CASES // 2  # the mutations do reach the checks
+
+
+# ---- the native loop's plan file (sanitizer build) -------------------------------------------------------------
+PLAN = "step.native.safetensors"
+
+
+def _read_plan(path: Path) -> tuple[dict, list]:
+    """(metadata, [[name, dtype, shape, bytes], …] in data order) of a safetensors file."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    data = raw[8 + n:]
+    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    return meta, [[k, v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]] for k, v in entries]
+
+
+def _plan_bytes(meta: dict, tensors: list, patch=None) -> bytes:
+    """A safetensors file of these tensors (consistent offsets), the header then changed by `patch(header)`."""
+    header, at = {}, 0
+    for name, dtype, shape, data in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [at, at + len(data)]}
+        at += len(data)
+    header["__metadata__"] = meta
+    if patch is not None:
+        patch(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in tensors)
+
+
+def _tensor(tensors: list, name: str) -> list:
+    return next(t for t in tensors if t[0] == name)
+
+
+def _values(t: list, fn) -> None:
+    """Replace tensor t's bytes by fn(its values as a writable array)."""
+    dtype = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "F16": "<f2"}[t[1]]
+    a = np.frombuffer(t[3], dtype).copy()
+    fn(a)
+    t[3] = a.tobytes()
+
+
+def _drop(tensors: list, name: str) -> list:
+    return [t for t in tensors if t[0] != name]
+
+
+def _meta(**changes):
+    def patch(h):
+        for k, v in changes.items():
+            if v is None:
+                del h["__metadata__"][k]
+            else:
+                h["__metadata__"][k] = v
+    return patch
+
+
+def _entry(name: str, **changes):
+    def patch(h):
+        h[name].update(changes)
+    return patch
+
+
+# (id, build(metadata, tensors, original bytes) → file bytes, expected message)
+PLAN_CASES = [
+    ("empty", lambda m, t, raw: b"", "fewer than a safetensors header's 8"),
+    ("header-size-2^64-1", lambda m, t, raw: b"\xff" * 8 + raw[8:], "its header declares 18446744073709551615 bytes"),
+    ("header-size-beyond-file", lambda m, t, raw: struct.pack("<Q", len(raw)) + raw[8:], "its header declares"),
+    ("header-size-2MiB", lambda m, t, raw: struct.pack("<Q", 2 << 20) + raw[8:] + b" " * (2 << 20),
+     "the host reads at most 1.0 MiB of header"),
+    ("header-not-json", lambda m, t, raw: struct.pack("<Q", 9) + b"{not json", "its header is not JSON"),
+    ("header-a-list", lambda m, t, raw: struct.pack("<Q", 6) + b"[1, 2]", "not an object"),
+    ("header-deep", lambda m, t, raw: _plan_bytes(m, t, lambda h: h.update(x=[[[[[[1]]]]]])), "nests deeper than 4"),
+    ("truncated", lambda m, t, raw: raw[:-100], "outside the data section"),
+    ("trailing-bytes", lambda m, t, raw: raw + b"\0" * 8, "8 bytes after the last tensor"),
+    ("dtype-unknown", lambda m, t, raw: _plan_bytes(m, t, _entry("w_gate", dtype="Q8")), "has dtype \"Q8\""),
+    ("dtype-number", lambda m, t, raw: _plan_bytes(m, t, _entry("w_gate", dtype=3)), "has dtype 3"),
+    ("dtype-same-size-wrong", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", dtype="I32")),
+     "tensor 'embed' is int32, expected float32"),
+    ("shape-bytes-mismatch", lambda m, t, raw: _plan_bytes(m, t, lambda h: h["embed"]["shape"].__setitem__(0, 17)),
+     "'embed' has 256 bytes of data but its shape (17, 4) of float32 needs 272"),
+    ("shape-transposed", lambda m, t, raw: _plan_bytes(m, t, lambda h: h["embed"].update(shape=[4, 16])),
+     "tensor 'embed' has shape (4, 16), expected (16, 4)"),
+    ("shape-overflow", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", shape=[2**31 - 1] * 4)), "overflows"),
+    ("shape-negative", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", shape=[-16, -4])), "outside [0,"),
+    ("shape-float", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", shape=[16.0, 4])), "outside [0,"),
+    ("shape-rank-9", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", shape=[1] * 9)), "rank > 8"),
+    ("offsets-reversed", lambda m, t, raw: _plan_bytes(m, t, lambda h: h["embed"].update(
+        data_offsets=h["embed"]["data_offsets"][::-1])), "outside the data section"),
+    ("offsets-2^40", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", data_offsets=[0, 2**40])),
+     "outside the data section"),
+    ("offsets-2^64", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", data_offsets=[2**64, 2**64 + 4])),
+     "outside the data section"),
+    ("offsets-three", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", data_offsets=[0, 4, 8])),
+     "not [begin, end]"),
+    ("offsets-overlap", lambda m, t, raw: _plan_bytes(m, t, lambda h: h["alpha"].update(
+        data_offsets=h["beta"]["data_offsets"])), "two tensors' data overlap"),
+    ("entry-unknown-key", lambda m, t, raw: _plan_bytes(m, t, _entry("embed", strides=[4, 1])), "unknown key"),
+    ("metadata-number", lambda m, t, raw: _plan_bytes(m, t, _meta(R=64)), "is 64, not a string"),
+    ("metadata-a-list", lambda m, t, raw: _plan_bytes(m, t, lambda h: h.update(__metadata__=[])), "not an object"),
+    ("tensor-missing", lambda m, t, raw: _plan_bytes(m, _drop(t, "w_skip")), "lacks the tensor 'w_skip'"),
+    ("tensor-unknown", lambda m, t, raw: _plan_bytes(m, t + [["bogus", "F32", [1], b"\0" * 4]]),
+     "unknown tensor 'bogus'"),
+    ("tensor-not-taken", lambda m, t, raw: _plan_bytes(m, t + [["speaker_gate", "F32", [1, 18], b"\0" * 72]]),
+     "a tensor 'speaker_gate' this graph does not take"),
+    ("format-missing", lambda m, t, raw: _plan_bytes(m, t, _meta(format=None)), "its metadata lacks 'format'"),
+    ("format-2", lambda m, t, raw: _plan_bytes(m, t, _meta(format="wn-native-loop/2")), "its format is not"),
+    ("graph-other", lambda m, t, raw: _plan_bytes(m, t, _meta(graph="step.w16")), "derived from another graph"),
+    ("graph-sha-other", lambda m, t, raw: _plan_bytes(m, t, _meta(graph_sha256="0" * 64)),
+     "derived from another step.onnx"),
+    ("weights-w16", lambda m, t, raw: _plan_bytes(m, t, _meta(weights="w16")),
+     "tensor 'w_gate' is float32, expected float16"),
+    ("weights-bf16", lambda m, t, raw: _plan_bytes(m, t, _meta(weights="bf16")), "neither fp32 nor w16"),
+    ("dim-not-integer", lambda m, t, raw: _plan_bytes(m, t, _meta(R="4.0")), "R is not a decimal integer"),
+    ("dim-negative", lambda m, t, raw: _plan_bytes(m, t, _meta(R="-4")), "R is not a decimal integer"),
+    ("dim-11-digits", lambda m, t, raw: _plan_bytes(m, t, _meta(L="99999999999")), "L is not a decimal integer"),
+    ("dim-2^31", lambda m, t, raw: _plan_bytes(m, t, _meta(S="2147483648")), "S = 2147483648 is outside"),
+    ("dim-zero", lambda m, t, raw: _plan_bytes(m, t, _meta(G="0")), "G = 0 is outside [1,"),
+    ("dim-P", lambda m, t, raw: _plan_bytes(m, t, _meta(P="5")), "P is not (kernel - 1) * R"),
+    ("dim-layers", lambda m, t, raw: _plan_bytes(m, t, _meta(L="4")), "are not the graph's state"),
+    ("dim-state-rows", lambda m, t, raw: _plan_bytes(m, t, _meta(state_rows="1000000")), "are not the graph's state"),
+    ("dim-classes", lambda m, t, raw: _plan_bytes(m, t, _meta(Q="32", tokens="32")), "classes (Q = 32"),
+    ("dim-cond", lambda m, t, raw: _plan_bytes(m, t, _meta(cond_channels="2")), "takes 2 conditioning channels"),
+    ("nan-weight", lambda m, t, raw: (_values(_tensor(t, "w_gate"), lambda a: a.__setitem__(5, np.nan)),
+                                      _plan_bytes(m, t))[1], "tensor 'w_gate' holds a non-finite value"),
+    ("inf-scale", lambda m, t, raw: (_values(_tensor(t, "skip_scale"), lambda a: a.__setitem__(0, np.inf)),
+                                     _plan_bytes(m, t))[1], "tensor 'skip_scale' holds a non-finite value"),
+    ("ring-offset", lambda m, t, raw: (_values(_tensor(t, "ring_offset"), lambda a: a.__setitem__(2, a[2] + 1)),
+                                       _plan_bytes(m, t))[1], "its ring 2 (4, 4) is not the manifest's (3, 4)"),
+    ("ring-far-outside", lambda m, t, raw: (_values(_tensor(t, "ring_offset"), lambda a: a.__setitem__(0, 2**40)),
+                                            _plan_bytes(m, t))[1], "is not the manifest's"),
+]
+
+
+def _write_plan(tree: Tree, data: bytes, export: str = "plain") -> None:
+    """The plan file, and its sha256 in the manifest (so the content itself is what is checked)."""
+    (tree.root / export / PLAN).write_bytes(data)
+    m = tree.manifest(export)
+    m["native_loops"]["step"]["sha256"] = hashlib.sha256(data).hexdigest()
+    tree.write_manifest(m, export)
+
+
+def test_the_plan_cases_start_from_a_valid_plan(asan, tree):
+    """The control: the plan rebuilt by this test's writer is accepted, and the dimensions the messages name are
+    the plain export's."""
+    meta, tensors = _read_plan(tree.root / "plain" / PLAN)
+    assert (meta["R"], meta["L"], meta["Q"]) == ("4", "3", "16")
+    _write_plan(tree, _plan_bytes(meta, tensors))
+    for exe, args, owns in _programs(asan, tree):
+        tree.run(exe, *args, code=0, owns=owns)
+    proc = subprocess.run([str(asan / "wn_generate"), "plain", "-o", "out/b.wav", "-n", "16"], cwd=tree.root,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **SANITIZER_ENV})
+    assert proc.returncode == 0 and "native loop" in proc.stderr.splitlines()[0], proc.stderr
+
+
+@pytest.mark.parametrize("name, build, message", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
+def test_hostile_plan_file_is_one_clear_error(asan, tree, name, build, message):
+    """wn_generate and wn_manifest_check refuse it with one line; wn_score never reads it; --no-native steps the
+    graph instead."""
+    path = tree.root / "plain" / PLAN
+    meta, tensors = _read_plan(path)
+    _write_plan(tree, build(meta, tensors, path.read_bytes()))
+    for exe, args, owns in _programs(asan, tree):
+        tree.run(exe, *args, code=0 if exe.name == "wn_score" else 1, message=message, owns=owns)
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "-n", 16, "-q", "--no-native", code=0,
+             owns=["out/a.wav"])
+
+
+NATIVE_RECORD_CASES = [  # (id, mutation of the manifest's native_loops, expected message)
+    ("section-a-list", lambda m: m.update(native_loops=[]), "'native_loops' must be an object, got a list"),
+    ("entry-a-string", lambda m: m["native_loops"].update(step="x"), "must be an object, got \"x\""),
+    ("file-dotdot", lambda m: m["native_loops"]["step"].update(file="../outside/" + PLAN), "has a '..' component"),
+    ("file-absolute", lambda m: m["native_loops"]["step"].update(file="/etc/passwd"), "is an absolute path"),
+    ("file-number", lambda m: m["native_loops"]["step"].update(file=3), "'file' must be a string, got 3"),
+    ("file-missing", lambda m: m["native_loops"]["step"].update(file="gone.safetensors"), "is missing"),
+    ("graph-unknown", lambda m: m["native_loops"].update(nope={**m["native_loops"]["step"], "graph": "nope"}),
+     "is the plan of a graph the manifest does not have"),
+    ("graph-scoring", lambda m: m["native_loops"].update(scoring={**m["native_loops"]["step"], "graph": "scoring"}),
+     "graph 'scoring' is not a step graph with the ring state layout"),
+    ("key-not-graph", lambda m: m["native_loops"]["step"].update(graph="scoring"), "keyed by the graph"),
+    ("format-unknown", lambda m: m["native_loops"]["step"].update(format="wn-native-loop/9"),
+     "unsupported plan format 'wn-native-loop/9'"),
+    ("sha-other", lambda m: m["native_loops"]["step"].update(sha256="0" * 64),
+     "step.native.safetensors does not match the manifest's sha256"),
+    ("graph-sha-other", lambda m: m["native_loops"]["step"].update(graph_sha256="0" * 64),
+     "was derived from another step.onnx than the manifest's"),
+]
+
+
+@pytest.mark.parametrize("name, mutate, message", NATIVE_RECORD_CASES, ids=[c[0] for c in NATIVE_RECORD_CASES])
+def test_hostile_native_loop_record_is_one_clear_error(asan, tree, name, mutate, message):
+    _outside_copy(tree)
+    shutil.copy(tree.root / "plain" / PLAN, tree.root / "outside" / PLAN)  # a valid plan outside the directory
+    m = tree.manifest()
+    mutate(m)
+    tree.write_manifest(m)
+    for exe, args, _ in _programs(asan, tree):
+        tree.run(exe, *args, code=1, message=message)
+
+
+def test_plan_files_that_are_not_regular_files_are_refused(asan, tree):
+    plan = tree.root / "plain" / PLAN
+    plan.unlink()
+    plan.symlink_to("/dev/zero")  # resolves outside the directory
+    tree.run(asan / "wn_manifest_check", "plain", code=1, message="resolves outside the export directory")
+    plan.unlink()
+    os.mkfifo(plan)  # never opened: it would block
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "-n", 8, "-q", code=1, message="is missing")
+    plan.unlink()
+    with open(plan, "wb") as f:  # sparse: 5 GiB declared, refused before its header is read
+        f.truncate(5 << 30)
+    tree.run(asan / "wn_manifest_check", "plain", "--no-verify", code=1,
+             message="it is 5.0 GiB, more than the host reads (4.0 GiB, wn::limits::kMaxPlanBytes)")
+
+
+def test_native_loop_failure_leaves_nothing(asan, tree):
+    """Finite weights that overflow: the first block's logits are not finite; the outputs' temporary files are
+    removed."""
+    path = tree.root / "plain" / PLAN
+    meta, tensors = _read_plan(path)
+    for t in tensors:
+        if t[1] == "F32" and t[0] not in ("alpha", "beta"):
+            _values(t, lambda a: a.__setitem__(slice(None), 1e30))
+    _write_plan(tree, _plan_bytes(meta, tensors))
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "--batch", 2, "--tokens", "out/t.i64", "-n", 64,
+             "-q", code=1, message="the native loop produced NaN or infinite logits")
+
+
+PLAN_FUZZ_CASES = 80  # mutated plans through wn_manifest_check; every PLAN_FUZZ_RUN_EVERY-th also wn_generate
+PLAN_FUZZ_RUN_EVERY = 4
+
+
+def _mutate_plan(raw: bytes, rng: random.Random) -> bytes:
+    """Byte flips in the header or the data, numbers of the header's JSON replaced, cuts, inserted bytes."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(["header-byte", "data-byte", "number", "cut", "insert", "size"])
+        n = min(n, max(0, len(data) - 8))  # after a cut
+        if kind == "header-byte" and n > 0:
+            data[rng.randrange(8, 8 + n)] = rng.randrange(256)
+        elif kind == "data-byte" and len(data) > 8 + n:
+            data[rng.randrange(8 + n, len(data))] = rng.randrange(256)
+        elif kind == "number":
+            text = data[8:8 + n].decode("utf-8", "replace")
+            numbers = [m for m in re.finditer(r"-?\d+", text)]
+            if numbers:
+                m = rng.choice(numbers)
+                value = str(rng.choice([0, -1, 1, 2**31, 2**32 + 3, 2**63, 2**64 + 1, int(m.group()) + 1,
+                                        int(m.group()) * 3, 10**30]))
+                text = text[:m.start()] + value + text[m.end():]
+                header = text.encode()
+                data = bytearray(struct.pack("<Q", len(header)) + header + bytes(data[8 + n:]))
+                n = len(header)
+        elif kind == "cut" and data:
+            data = data[:rng.randrange(len(data))]
+        elif kind == "insert" and data:
+            at = rng.randrange(len(data))
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif kind == "size" and len(data) >= 8:
+            data[:8] = struct.pack("<Q", rng.choice([0, 1, max(0, n - 1), n + 1, n + 8, 2**32, 2**63]))
+    return bytes(data)
+
+
+def test_fuzzed_plan_files_never_crash_a_reader(asan, tree):
+    original = (tree.root / "plain" / PLAN).read_bytes()
+    rng = random.Random(21)
+    outcomes = {0: 0, 1: 0}
+    for i in range(PLAN_FUZZ_CASES):
+        data = _mutate_plan(original, rng)
+        _write_plan(tree, data)
+        programs = [(asan / "wn_manifest_check", ["plain", "-q"], ())]
+        if i % PLAN_FUZZ_RUN_EVERY == 0:
+            programs.append((asan / "wn_generate", ["plain", "-o", "out/a.wav", "-n", 16, "-q"], ("out/a.wav",)))
+        for exe, args, owns in programs:
+            proc = subprocess.run([str(exe), *map(str, args)], cwd=tree.root, capture_output=True, text=True,
+                                  timeout=120, env={**os.environ, **SANITIZER_ENV})
+            try:
+                assert_outcome(proc, exe.name, proc.returncode)
+                assert proc.returncode in (0, 1)
+            except AssertionError as e:
+                raise AssertionError(f"case {i}: {e}") from None
+            if exe.name == "wn_manifest_check":
+                outcomes[proc.returncode] += 1
+            for p in (tree.root / "out").iterdir():
+                assert proc.returncode == 0 and f"out/{p.name}" in owns, f"case {i}: {exe.name} left {p.name}"
+                p.unlink()
+    print(f"\nfuzzed plans: {outcomes[0]} accepted, {outcomes[1]} rejected with one line")
+    assert outcomes[1] > PLAN_FUZZ_CASES // 2  # the mutations do reach the checks

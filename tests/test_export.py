@@ -309,6 +309,8 @@ def test_cli_onnx_and_inspect(tmp_path, checkpoint_factory):
     for name, g in manifest.graphs.items():
         assert f"{name}: {g.path.name}  {g.precision}  {g.data['nodes']} nodes" in r.output
     assert "state state → state_update: ring over 4 layers" in r.output
+    assert "native loop plan of step: step.native.safetensors (wn-native-loop/1)" in r.output
+    assert "native loop plan of step.fp16" not in r.output  # FP16 state: stepped per sample
 
 
 @pytest.mark.parametrize("args, message", [

@@ -542,4 +542,4 @@ def test_longest_legal_names_are_written(work):
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in work.root.iterdir()) == sorted(["cfg.json", name, "d" * 250])
     assert sorted(p.name for p in (work.root / ("d" * 250)).iterdir()) == ["manifest.json", "scoring.onnx",
-                                                                           "step.onnx"]
+                                                                           "step.native.safetensors", "step.onnx"]

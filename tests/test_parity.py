@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from cli import main
 from tests.conftest import CONFIGS
-from wn_export.contract.manifest import sha256
+from wn_export.contract.manifest import read_manifest, sha256
 from wn_export.errors import ArtifactError, BackendError
 from wn_export.export.pipeline import export_directory
 from wn_export.parity.harness import TOLERANCES, judge, logit_metrics, run_parity
@@ -73,6 +73,14 @@ def _perturb(directory, file, update_sha: bool):
         name = next(k for k, g in m["graphs"].items() if g["file"] == file)
         m["graphs"][name]["sha256"] = sha256(path)
         manifest_path.write_text(json.dumps(m))
+        if name in m.get("native_loops", {}):  # a consistent export of the corrupted graph: its plan too
+            from wn_export.backends.onnxruntime import native_plan
+
+            graph = read_manifest(directory, verify=False).graph(name)
+            plan = directory / m["native_loops"][name]["file"]
+            native_plan.write(plan, *native_plan.derive(graph), graph)
+            m["native_loops"][name].update(sha256=sha256(plan), graph_sha256=graph.sha256)
+            manifest_path.write_text(json.dumps(m))
 
 
 def test_corrupted_weight_fails_parity(tmp_path, checkpoint_factory):

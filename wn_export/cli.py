@@ -342,10 +342,13 @@ def generate(directory: Path, samples: int, output: Path, backend: str, batch: i
 @click.option("--layouts", default="ring", show_default=True,
               help="Without DIRECTORY: step-graph state layouts to export and compare (ring,full).")
 @click.option("--no-scoring", is_flag=True, help="Skip the scoring-graph throughput.")
+@click.option("--cpp", "cpp", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The C++ host's wn_generate to measure (default: $WN_CPP_HOST, else hosts/cpp/build when built).")
+@click.option("--no-cpp", is_flag=True, help="No C++ host rows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as JSON.")
 def bench(directory: Path | None, batches: str, seconds: float, rounds: int, threads: int | None, layouts: str,
-          no_scoring: bool, json_path: Path | None):
+          no_scoring: bool, cpp: Path | None, no_cpp: bool, json_path: Path | None):
     """Step-loop and scoring speed of DIRECTORY (default: the 30-layer target) vs the eager baselines."""
     from rich.console import Console
 
@@ -358,7 +361,7 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
     with err.status("bench") as status:
         report = run_bench(directory, batches=batch_sizes, seconds=seconds, rounds=rounds,
                            threads=threads, layouts=layout_names, scoring=not no_scoring,
-                           progress=status.update)
+                           cpp=False if no_cpp else cpp, progress=status.update)
     out = Console(width=220)
     out.print(report.summary())
     for table in report.tables():

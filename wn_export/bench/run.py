@@ -14,7 +14,11 @@ Step loop (one generated sample per stream: a step plus sampling), for each batc
   torch's default threads (what users get) and again with one thread;
 - `wavenet_vocoder package` (batch 1, when the PyPI package is installed, e.g. by the `dev` extra): the
   package's own `incremental_forward` on a randomly initialised model of the same architecture, as a
-  check that the re-implementation costs what the original costs.
+  check that the re-implementation costs what the original costs;
+- `C++ wn_generate` / `C++ wn_generate (w16)` (when the C++ host is built: `cpp`, else $WN_CPP_HOST, else the
+  source tree's hosts/cpp/build/wn_generate): the C++ host's native loop on the export's plan of `step` /
+  `step.w16`, one process per round (`--json`: its own generation time, so process start and loading are not
+  counted; WAV writing is), with the thread split the Python host's calibration chose for that batch.
 Floor (`floor`): per batch size, one GEMM pass over as many weights as the model streams per step, float32
 and float16, one and two threads, measured at the start of every round, just before the host rows. A round's
 floor is the faster of one and two threads; each host row shows the median of the rounds' floors of its
@@ -56,6 +60,7 @@ BASELINE = "eager incremental"
 HOST = "onnxruntime"  # our host as users get it (the default step graph)
 W16 = "onnxruntime (w16)"  # the same host on step.w16 (16-bit weights)
 STANDARD = "onnxruntime (standard ops)"
+CPP = "C++ wn_generate"  # the C++ host (hosts/cpp) on the same export: its native loop
 
 
 from wn_export.bench.baseline_r9y9 import R9y9Incremental  # noqa: E402 - the baseline (its own module)
@@ -382,6 +387,63 @@ def _open_hosts(dirs: dict, main_layout: str, threads: int | None) -> list[_Host
     return hosts
 
 
+def cpp_host(explicit=None) -> Path | None:
+    """The C++ host's wn_generate: `explicit`, else $WN_CPP_HOST, else hosts/cpp/build/wn_generate of the source
+    tree when it has been built; None when there is none."""
+    for candidate in (explicit, os.environ.get("WN_CPP_HOST"),
+                      Path(__file__).resolve().parents[2] / "hosts" / "cpp" / "build" / "wn_generate"):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+@dataclass
+class _CppRow:
+    """One C++ host row: wn_generate on an export's step graph with a native loop plan."""
+
+    name: str
+    directory: Path
+    graph: str
+    weights: str  # fp32 | w16
+    python: str  # the Python host row whose calibrated split it uses
+    samples: dict = field(default_factory=dict)  # batch → samples per run (≈ the timer's seconds)
+
+
+def _cpp_rows(exe: Path | None, dirs: dict, main_layout: str, cfg) -> list[_CppRow]:
+    if exe is None or cfg.local:  # local conditioning would need a per-sample feature file per run
+        return []
+    from wn_export.contract.manifest import read_manifest
+
+    plans = read_manifest(dirs[main_layout]).native_loops
+    return [_CppRow(name, dirs[main_layout], graph, weights, python)
+            for name, graph, weights, python in ((CPP, "step", "fp32", HOST), (f"{CPP} (w16)", "step.w16", "w16", W16))
+            if graph in plans]
+
+
+def _cpp_run(exe: Path, row: _CppRow, B: int, n: int, split: str, speakers, work: Path) -> dict:
+    """One wn_generate process → its --json report."""
+    import subprocess
+
+    args = [str(exe), str(row.directory), "-o", str(work / "out.wav"), "-n", str(n), "--batch", str(B), "--graph",
+            row.graph, "--seed", "0", "--split", split, "--json", "-q"]
+    if speakers is not None:
+        args += ["--speaker", ",".join(str(int(s)) for s in speakers)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode != 0:
+        raise InputError(f"the C++ host failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _cpp_round(exe: Path, row: _CppRow, B: int, split: str, speakers, seconds: float, steps: int) -> dict:
+    """A run of about `seconds` and at least `steps` samples per stream, as the Python host's native rows (its
+    length measured by a first, short run per batch size, which warms up)."""
+    with tempfile.TemporaryDirectory(prefix="wn-bench-cpp-") as work:
+        if B not in row.samples:
+            warm = _cpp_run(exe, row, B, 512, split, speakers, Path(work))
+            row.samples[B] = int(min(max(steps, warm["samples_per_s"] * seconds), (1 << 31) - 32))
+        return _cpp_run(exe, row, B, row.samples[B], split, speakers, Path(work))
+
+
 def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float, rnd: int) -> list[Floor]:
     from wn_export.bench.floor import pass_times
 
@@ -395,9 +457,10 @@ def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float, rn
 
 
 def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Timer, threads_torch: int,
-               baseline_1thread: bool, rng, say, each_round: Callable[[int], None] | None = None) -> list[Result]:
+               baseline_1thread: bool, rng, say, each_round: Callable[[int], None] | None = None,
+               cpp: tuple = (None, [])) -> list[Result]:
     """Every step-loop row at batch B, in interleaved rounds (`each_round(i)` starts round i: the floor, just
-    before the host rows)."""
+    before the host rows; `cpp`: (wn_generate, its rows))."""
     import torch
 
     from wn_export.backends.torch_ref import TorchStepRunner
@@ -435,6 +498,7 @@ def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Time
 
     runs: dict[str, list] = {}
     lat: dict[str, list] = {}
+    cpp_runs: dict[str, list[dict]] = {}
     notes, per_call, weights = {}, {}, {}
     reference = TorchStepRunner(model, torch.float32)
     for rnd in range(rounds):
@@ -452,6 +516,16 @@ def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Time
             else:
                 runs.setdefault(h.name, []).append(timer(host_loop(h.runner)))
             weights[h.name] = h.weights
+        exe, cpp_rows = cpp
+        for row in cpp_rows:
+            python = next((h for h in hosts if h.name == row.python and h.block), None)
+            split = python.runner.calibration.split(B) if python is not None else "auto"
+            say(f"batch {B}, round {rnd + 1}/{rounds}: {row.name}")
+            cpp_runs.setdefault(row.name, []).append(_cpp_round(exe, row, B, split, spk, timer.seconds,
+                                                                timer.min_steps * block))
+            notes[row.name] = (f"C++ host, native loop on {row.graph}.native.safetensors, {split} threads "
+                               "(the Python host's split), one process per round")
+            weights[row.name] = row.weights
         say(f"batch {B}, round {rnd + 1}/{rounds}: torch reference step")
         with reference:
             runs.setdefault("torch reference", []).append(timer(host_loop(reference)))
@@ -468,7 +542,17 @@ def _step_rows(cfg, hosts: list[_Host], model, B: int, rounds: int, timer: _Time
             torch.set_num_threads(threads_torch)
     return [_summarise("step", name, B, rs, per_call.get(name, B), notes.get(name, ""),
                        latencies=np.concatenate(lat[name]) if name in lat else None, weights=weights.get(name))
-            for name, rs in runs.items()]
+            for name, rs in runs.items()] + [_cpp_result(name, B, rs, notes[name], weights[name])
+                                             for name, rs in cpp_runs.items()]
+
+
+def _cpp_result(name: str, B: int, reports: list[dict], note: str, weights: str) -> Result:
+    """Aggregate samples/s per round (the report's per-stream rate × B); p50/p99: the median of the rounds'."""
+    rates = [r["samples_per_s"] * B for r in reports]
+    return Result("step", name, B, float(np.median(rates)), (float(min(rates)), float(max(rates))),
+                  [float(r) for r in rates], float(np.median([r["step_ms_p50"] for r in reports])),
+                  float(np.median([r["step_ms_p99"] for r in reports])), int(sum(r["samples"] for r in reports)),
+                  None, note, weights)
 
 
 def _open_dirs(directory, layouts, say):
@@ -486,8 +570,10 @@ def _open_dirs(directory, layouts, say):
 def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: float = 1.0, rounds: int = 3,
               min_steps: int = 20, threads: int | None = None, layouts=("ring",), scoring: bool = True,
               scoring_samples: int = 16384, baseline_1thread: bool = True, package_baseline: bool = True,
-              floor: bool = True, progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Benchmark DIR (or the built 30-layer target) → `BenchReport` (see the module doc)."""
+              floor: bool = True, cpp: Path | bool | None = None,
+              progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Benchmark DIR (or the built 30-layer target) → `BenchReport` (see the module doc). `cpp`: the C++ host's
+    wn_generate (None: found by `cpp_host`; False: no C++ rows)."""
     import torch
 
     from wn_export.backends.torch_ref import reference_model_for
@@ -514,13 +600,15 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
         results: list[Result] = []
         floors: list[Floor] = []
         hosts = _open_hosts(dirs, main_layout, threads)
+        exe = None if cpp is False else cpp_host(None if cpp is None or cpp is True else cpp)
+        cpp_rows = _cpp_rows(exe, dirs, main_layout, cfg)
         streamed = {h.weights: h.runner.loop.weight_count for h in hosts if h.block and h.layout == main_layout}
         try:
             for B in batches:
                 each = (lambda rnd: floors.extend(_measure_floors(streamed, B, max(0.02, seconds / 10), rnd))) \
                     if floor and streamed else None
                 results += _step_rows(cfg, hosts, model, B, rounds, timer, torch_threads, baseline_1thread, rng, say,
-                                      each)
+                                      each, (exe, cpp_rows))
                 if B == 1 and package_baseline:
                     say("batch 1: the wavenet_vocoder package's incremental_forward")
                     row = _package_row(cfg, seconds, rounds, min_steps, torch_threads)
@@ -533,6 +621,7 @@ def run_bench(directory: Path | None = None, *, batches=(1, 8, 64), seconds: flo
             results += _bench_scoring(manifest, model, batches, scoring_samples, rounds, say)
         settings = {"batches": batches, "seconds": seconds, "rounds": rounds, "min_steps": min_steps,
                     "threads": threads, "layouts": list(dirs), "scoring_samples": scoring_samples,
+                    "cpp_host": None if not cpp_rows else str(exe),
                     "sampling": "inverse CDF, temperature 1 (baseline: softmax, then r9y9's np.random.choice at batch 1 "
                                 "and OneHotCategorical above)"}
         desc = (f"{cfg.layers} layers ({cfg.stacks} cycles of 1…{max(cfg.layer_dilations)}), residual "
@@ -662,4 +751,4 @@ def parse_layouts(text: str, directory=None) -> tuple[str, ...]:
 
 
 __all__ = ["TARGET", "R9y9Incremental", "BenchReport", "Result", "run_bench", "build_target", "parse_batches",
-           "parse_layouts"]
+           "parse_layouts", "cpp_host"]

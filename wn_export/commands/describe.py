@@ -34,4 +34,6 @@ def describe(directory) -> str:
             lines.append(f"    state {s.input} → {s.output}: {rule}, init {s.init}")
     for name, e in m.engines.items():
         lines.append(f"engine {name}: {e.file} ({e.backend} {e.data.get('version')}, {e.precision})")
+    for name, plan in m.native_loops.items():
+        lines.append(f"native loop plan of {name}: {plan.file} ({plan.format})")
     return "\n".join(lines)

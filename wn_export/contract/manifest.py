@@ -7,10 +7,12 @@ Format "wn-export/1" (documented in the README):
                    ["layout", "state": [...]], ["fused": {"plugin", "version", "kernel", "ptx_target",
                                                           "ptx_sha256", "threads", "shared_bytes"}]}},
  "engines": {name: {"file", "graph", "onnx", "sha256", "backend", "version", "precision", ...}}
-            (added by `wn-export trt`)}
+            (added by `wn-export trt`),
+ "native_loops": {graph name: {"file", "format", "sha256", "graph", "graph_sha256"}}
+            (the native loop's plan of a step graph, `backends.onnxruntime.native_plan`)}
 
 `read_manifest` returns typed records (`Manifest`, `GraphRecord`, `TensorRecord`, `StateRecord`,
-`EngineRecord`), like the C++ host's `manifest.hpp`. Every field is checked for its JSON type, every
+`EngineRecord`, `NativeLoopRecord`), like the C++ host's `manifest.hpp`. Every field is checked for its JSON type, every
 number for its range and every file for staying inside the directory before any host uses it. No torch
 import: a host that runs ONNX Runtime reads manifests without it.
 """
@@ -46,6 +48,7 @@ FILENAME = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
 MAX_DIM = 1 << 31  # any static dimension or ring number above this is refused
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "float64")
+NATIVE_LOOP_FORMAT = "wn-native-loop/1"  # the plan file's format (backends/onnxruntime/native_plan.py)
 
 
 def sha256(path: Path) -> str:
@@ -78,6 +81,11 @@ def build_manifest(cfg, graphs: dict[str, dict]) -> dict:
             "quantization_channels": cfg.quantization_channels, "model": cfg.to_dict(), "graphs": graphs}
 
 
+def native_entry(graph: str, file: str, digest: str, graph_sha256: str) -> dict:
+    """The `native_loops` record of a step graph's native loop plan (`file`, derived from `graph`)."""
+    return {"file": file, "format": NATIVE_LOOP_FORMAT, "sha256": digest, "graph": graph, "graph_sha256": graph_sha256}
+
+
 def write_manifest(directory: Path, data: dict) -> None:
     text = json.dumps(data, indent=2) + "\n"
     atomic_write_bytes(Path(directory) / FILENAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -90,7 +98,8 @@ def export_files(directory) -> list[Path]:
     if not directory.is_dir():
         return []
     return [directory / FILENAME, *(p for p in directory.iterdir()
-                                    if p.suffix in (".onnx", ".engine", ".bin", ".data") and p.is_file())]
+                                    if p.suffix in (".onnx", ".engine", ".bin", ".data", ".safetensors")
+                                    and p.is_file())]
 
 
 # ---- typed records -------------------------------------------------------------------------------------
@@ -151,12 +160,26 @@ class EngineRecord:
         return max(limits) if limits else None
 
 
+@dataclass(frozen=True)
+class NativeLoopRecord:
+    """A step graph's native loop plan (`native_loops.<graph>`): derived from `graph` (whose sha256 was
+    `graph_sha256`), in the plan file format `format`."""
+
+    graph: str
+    path: Path
+    file: str
+    sha256: str
+    graph_sha256: str
+    format: str = NATIVE_LOOP_FORMAT
+
+
 @dataclass
 class Manifest:
     directory: Path
     data: dict
     graphs: dict[str, GraphRecord]
     engines: dict[str, EngineRecord]
+    native_loops: dict[str, NativeLoopRecord] = field(default_factory=dict)  # by graph name
 
     @property
     def config(self):
@@ -328,6 +351,31 @@ def _engine(directory: Path, name: str, obj: Any, where: str) -> EngineRecord:
                         f.get("backend", str), precision, profiles, tuple(t.obj for t in io), obj)
 
 
+def _native_loop(directory: Path, name: str, obj: Any, where: str, graphs: dict) -> NativeLoopRecord:
+    f = _Fields(obj, where)
+    graph = f.get("graph", str)
+    if graph != name or graph not in graphs:
+        raise ArtifactError(f"{where}: the plan of graph {name!r:.40} names graph {graph!r:.40}, which must be it and "
+                            "be in the manifest")
+    g = graphs[graph]
+    if g.kind != "step" or g.layout != "ring" or g.plugin is not None:
+        raise ArtifactError(f"{where}: graph {graph!r} is not a ring-layout step graph with standard ops")
+    f.choice("format", (NATIVE_LOOP_FORMAT,))
+    file = f.get("file", str)
+    return NativeLoopRecord(graph, confined(directory, file, where), file, f.get("sha256", str),
+                            f.get("graph_sha256", str))
+
+
+def verify_native_loop(record: NativeLoopRecord, graph: GraphRecord) -> None:
+    """The plan file's sha256 must be the manifest's, and it must have been derived from the graph as it is."""
+    if sha256(record.path) != record.sha256:
+        raise ArtifactError(f"{record.file} does not match the manifest's sha256: the plan was modified or replaced "
+                            "after export; re-export the directory")
+    if record.graph_sha256 != graph.sha256:
+        raise ArtifactError(f"{record.file} was derived from another {graph.file} than the manifest's; re-export the "
+                            "directory")
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
@@ -361,7 +409,9 @@ def read_manifest(directory, verify: bool = True) -> Manifest:
     receptive_field = top.count("receptive_field", 1)
     graphs = {n: _graph(directory, n, g, f"graphs.{n}") for n, g in top.get("graphs", dict).items()}
     engines = {n: _engine(directory, n, e, f"engines.{n}") for n, e in top.get("engines", dict, {}).items()}
-    manifest = Manifest(directory, data, graphs, engines)
+    native_loops = {n: _native_loop(directory, n, e, f"native_loops.{n}", graphs)
+                    for n, e in top.get("native_loops", dict, {}).items()}
+    manifest = Manifest(directory, data, graphs, engines, native_loops)
     cfg = _check_config(manifest, receptive_field, path)
     for name, graph in graphs.items():
         _check_contract(cfg, graph, path)
@@ -374,6 +424,11 @@ def read_manifest(directory, verify: bool = True) -> Manifest:
             raise ArtifactError(f"{path}: graph {name!r} file {graph.file} is missing")
         if verify:
             verify_graph(graph)
+    for name, record in native_loops.items():
+        if not record.path.is_file():
+            raise ArtifactError(f"{path}: the native loop plan of {name!r}, {record.file}, is missing")
+        if verify:
+            verify_native_loop(record, graphs[name])
     return manifest
 
 
@@ -468,6 +523,6 @@ def _check_config(manifest: Manifest, receptive_field: int, path: Path):
     return cfg
 
 
-__all__ = ["FORMAT", "FILENAME", "Manifest", "GraphRecord", "TensorRecord", "StateRecord", "EngineRecord",
-           "read_manifest", "write_manifest", "build_manifest", "graph_entry", "graph_name", "sha256", "confined",
-           "verify_graph", "export_files"]
+__all__ = ["FORMAT", "FILENAME", "NATIVE_LOOP_FORMAT", "Manifest", "GraphRecord", "TensorRecord", "StateRecord",
+           "EngineRecord", "NativeLoopRecord", "read_manifest", "write_manifest", "build_manifest", "graph_entry",
+           "native_entry", "graph_name", "sha256", "confined", "verify_graph", "verify_native_loop", "export_files"]

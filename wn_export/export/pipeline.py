@@ -1,5 +1,6 @@
 """`wn-export onnx`: checkpoint → DIR/{scoring,step[,upsample]}[.fp16].onnx + manifest.json
-(+ DIR/step.fused[.fp16].onnx with `fused_step`, see `export.fused`).
+(+ DIR/step.fused[.fp16].onnx with `fused_step`, see `export.fused`; + DIR/step[.w16].native.safetensors, the
+native loop's plan of each step graph that has one, see `backends.onnxruntime.native_plan`).
 
 Everything is written to a staging directory beside DIR first and moved in only when every graph
 has been exported and passed hygiene; the manifest is removed first and moved in last. On any error
@@ -24,7 +25,15 @@ from reference_model.atomic import fsync_dir, fsync_file
 from reference_model.files import check_output
 from wn_export import demo_checkpoint
 from wn_export.contract.lock import export_lock, remove_debris, staging_directory
-from wn_export.contract.manifest import FILENAME, build_manifest, graph_entry, sha256, write_manifest
+from wn_export.contract.manifest import (
+    FILENAME,
+    build_manifest,
+    graph_entry,
+    native_entry,
+    read_manifest,
+    sha256,
+    write_manifest,
+)
 from wn_export.contract.specs import LAYOUTS, graph_name
 from wn_export.errors import ExportError
 from wn_export.export.hygiene import check_graph
@@ -155,13 +164,43 @@ def export_directory(out_dir: Path, checkpoint: Path | None = None, *, fp16: boo
         jobs.append(("upsample", FP32, None))
     if fused_step:
         jobs += [("step", p, "fused") for p in ((FP32, FP16) if fp16 else (FP32,))]
-    for file in [f"{graph_name(kind, precision.name, variant)}.onnx" for kind, precision, variant in jobs] + [FILENAME]:
+    names = [graph_name(kind, precision.name, variant) for kind, precision, variant in jobs]
+    plans = [_native_file(n) for n in names if n.startswith("step") and ".fused" not in n]  # may be written
+    for file in [f"{n}.onnx" for n in names] + plans + [FILENAME]:
         check_output(out_dir / file, [checkpoint])
     for precision in {precision for _, precision, _ in jobs}:
         precision.apply(model)  # every weight finite in every precision, before any graph is exported
     with export_lock(out_dir, notice=progress, create=True):
         remove_debris(out_dir)
         return _export_jobs(model, checkpoint, out_dir, jobs, opset, layout, progress)
+
+
+def _native_file(name: str) -> str:
+    from wn_export.backends.onnxruntime.native_plan import file_name
+
+    return file_name(name)
+
+
+def _native_plans(staging: Path, progress: Callable[[str], None] | None) -> dict:
+    """The native loop's plan of every step graph that has one (`native_plan`), written beside the graphs →
+    the manifest's `native_loops` records."""
+    from wn_export.backends.onnxruntime import native_plan
+    from wn_export.export.graph_match import NoMatch
+
+    records = {}
+    for name, graph in read_manifest(staging, verify=False).graphs.items():
+        if graph.kind != "step" or graph.plugin is not None:
+            continue
+        try:
+            arrays, dims = native_plan.derive(graph)
+        except NoMatch:
+            continue  # no native loop for this graph (full layout, FP16, mixture or scalar models): hosts step it
+        file = native_plan.file_name(name)
+        if progress:
+            progress(f"native loop plan {file}")
+        native_plan.write(staging / file, arrays, dims, graph)
+        records[name] = native_entry(name, file, sha256(staging / file), graph.sha256)
+    return records
 
 
 def _export_jobs(model: WaveNet, checkpoint: Path, out_dir: Path, jobs: list, opset: int, layout: str,
@@ -185,11 +224,18 @@ def _export_jobs(model: WaveNet, checkpoint: Path, out_dir: Path, jobs: list, op
         manifest["opset"] = opset
         manifest["source"] = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256(checkpoint)}
         write_manifest(staging, manifest)
+        loops = _native_plans(staging, progress)
+        if loops:
+            manifest["native_loops"] = loops
+            write_manifest(staging, manifest)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new graphs
-        for entry in graphs.values():
+        for entry in [*graphs.values(), *loops.values()]:
             fsync_file(staging / entry["file"])
             (staging / entry["file"]).replace(out_dir / entry["file"])
-        fsync_dir(out_dir)  # every graph is in place (and on disk) before the manifest names it
+        for name in graphs:  # a plan of an earlier export that this one has not derived would be stale
+            if name not in loops:
+                (out_dir / _native_file(name)).unlink(missing_ok=True)
+        fsync_dir(out_dir)  # every graph and plan is in place (and on disk) before the manifest names it
         (staging / "manifest.json").replace(out_dir / "manifest.json")
         fsync_dir(out_dir)
         return manifest

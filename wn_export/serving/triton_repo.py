@@ -402,6 +402,8 @@ def _write_generate(manifest: Manifest, root: Path, opts: Options):
         from wn_export.backends.torch_ref import recorded_checkpoint
 
         shutil.copyfile(recorded_checkpoint(manifest), export / CHECKPOINT)
+    for plan in manifest.native_loops.values():  # the manifest records them: the copy needs them too
+        shutil.copyfile(plan.path, export / plan.file)
     return cfg
 
 

@@ -1,4 +1,5 @@
 // wn_generate: sample audio from an exported WaveNet (manifest + step graph) and write 16-bit PCM WAV.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +9,8 @@
 #include "cli.hpp"
 #include "wn/backend.hpp"
 #include "wn/host.hpp"
+#include "wn/native_loop.hpp"
+#include "wn/native_plan.hpp"
 
 namespace {
 
@@ -16,6 +19,12 @@ const char* kUsage = R"(usage: wn_generate EXPORT_DIR -o OUT.wav [options]
 Generate audio sample by sample with the export's step graph, seeded exactly like the Python host
 (`wn-export generate`): the same seed gives the same samples. Writes μ-law decoded 16-bit PCM mono WAV,
 streamed to disk as it is generated.
+
+When the manifest records the graph's native loop plan (`native_loops`: STEP.native.safetensors, written by
+`wn-export onnx` for ring-layout FP32 and w16 step graphs), the ONNX Runtime backend runs the native loop of
+the Python host (plugins/ort: the fused layer chain and head, whole chunks of steps per call) on the plan's
+packed weights, drawing the Python host's tokens; otherwise it steps the graph through ONNX Runtime. The first
+line on stderr says which path runs.
 
   -o, --output FILE       WAV to write; with --batch B > 1 one file per stream: OUT_0.wav … OUT_<B-1>.wav
                           (written under a temporary name and renamed when complete; never inside EXPORT_DIR)
@@ -36,6 +45,10 @@ streamed to disk as it is generated.
                           export's upsample graph (ONNX Runtime)
       --tokens FILE       also write the tokens: raw int64 (batch, N), row-major
       --threads N         ONNX Runtime intra-op threads (default: min(2, cores), as the Python host)
+      --no-native         step the graph through ONNX Runtime even when the manifest has a native loop plan
+      --split WAY         native loop: how a step is shared with the helper thread: alone, pipeline, rows or
+                          auto (default: one usable core → alone; batch <= 16 → pipeline; else rows)
+      --json              print one JSON line on stdout: the path, the split, samples/s, step time p50/p99
       --chunk N           samples per stream per write (default 4000)
       --no-verify         skip the sha256 check of the graph files
   -q, --quiet             no progress on stderr
@@ -80,6 +93,30 @@ void ensure_open_files(int64_t batch) {
     throw wn::Error("--batch " + std::to_string(batch) + ": cannot raise the open-file limit (ulimit -n)");
 }
 
+// --json: one line on stdout for scripts (the bench): what ran, and how fast (step times: native loop only).
+void print_json(const std::string& path, const std::string& setup, const std::string& split, int64_t batch,
+                int64_t samples, double seconds, std::vector<int64_t> step_ns) {
+  auto quoted = [](const std::string& s) {
+    std::string q = "\"";
+    for (char c : s) {
+      if (c == '"' || c == '\\') q += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20) q += c;
+    }
+    return q + "\"";
+  };
+  auto percentile = [&step_ns](double p) -> std::string {
+    if (step_ns.empty()) return "null";
+    const size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(step_ns.size() - 1) + 0.5);
+    std::nth_element(step_ns.begin(), step_ns.begin() + static_cast<long>(i), step_ns.end());
+    return std::to_string(static_cast<double>(step_ns[i]) * 1e-6);
+  };
+  std::printf("{\"path\": %s, \"setup\": %s, \"split\": %s, \"batch\": %lld, \"samples\": %lld, "
+              "\"seconds\": %.6f, \"samples_per_s\": %.3f, \"step_ms_p50\": %s, \"step_ms_p99\": %s}\n",
+              quoted(path).c_str(), quoted(setup).c_str(), split.empty() ? "null" : quoted(split).c_str(),
+              (long long)batch, (long long)samples, seconds, static_cast<double>(samples) / std::max(seconds, 1e-9),
+              percentile(50).c_str(), percentile(99).c_str());
+}
+
 int run(int argc, char** argv) {
   cli::Args args(argc, argv,
                  {{"-o", "--output"}, {"--output", "--output"}, {"-n", "--samples"}, {"--samples", "--samples"},
@@ -88,8 +125,8 @@ int run(int argc, char** argv) {
                   {"--graph", "--graph"}, {"--backend", "--backend"}, {"--engine", "--engine"},
                   {"--device", "--device"}, {"--speaker", "--speaker"}, {"--cond", "--cond"},
                   {"--cond-frames", "--cond-frames"}, {"--tokens", "--tokens"}, {"--threads", "--threads"},
-                  {"--chunk", "--chunk"}, {"-q", "--quiet"}, {"-h", "--help"}},
-                 {"--greedy", "--cuda-graph", "--no-verify", "--quiet", "--help"});
+                  {"--chunk", "--chunk"}, {"--split", "--split"}, {"-q", "--quiet"}, {"-h", "--help"}},
+                 {"--greedy", "--cuda-graph", "--no-verify", "--no-native", "--json", "--quiet", "--help"});
   if (args.has("--help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -116,6 +153,11 @@ int run(int argc, char** argv) {
   opt.temperature = args.number("--temperature", 1.0);
   opt.chunk = args.integer("--chunk", 4000, 1, wn::limits::kMaxSamples);
   if (!opt.greedy) wn::check_temperature(opt.temperature);
+  const std::string split_arg = args.get("--split", "auto");
+  if (split_arg != "auto" && split_arg != "alone" && split_arg != "pipeline" && split_arg != "rows")
+    throw cli::Usage("--split must be auto, alone, pipeline or rows (got '" + split_arg + "')");
+  const std::string backend_name = args.get("--backend", "onnxruntime");
+  args.integer("--threads", 0, 0, wn::limits::kMaxThreads);  // checked here too: the native loop never reads it
 
   // ---- the manifest, validated for this batch
   const wn::Manifest manifest = wn::read_manifest(args.positional[0], !args.has("--no-verify"));
@@ -198,8 +240,29 @@ int run(int argc, char** argv) {
     opt.cond_time = time;
   }
 
-  std::unique_ptr<wn::Backend> backend = cli::backend(args, manifest);
-  std::unique_ptr<wn::StepRunner> runner = backend->open_step(graph);
+  // ---- the path: the native loop on the manifest's plan, or the graph stepped by the backend
+  const wn::NativeInfo* native = manifest.native_for(graph.name);
+  const bool ort = backend_name == "onnxruntime" || backend_name == "ort";
+  std::string setup, why;
+  if (!ort) why = "the " + backend_name + " backend";
+  else if (args.has("--no-native")) why = "--no-native";
+  else if (!native) why = "the manifest has no native loop plan for graph '" + graph.name + "'";
+  std::unique_ptr<wn::NativePlan> loop;
+  wn::LoopSplit split = wn::LoopSplit::Alone;
+  if (why.empty()) {
+    loop = std::make_unique<wn::NativePlan>(wn::read_native_plan(*native, graph, manifest.model));
+    split = split_arg == "auto" ? wn::default_split(batch) : wn::parse_split(split_arg);
+    setup = "fused layer chain and head (" + loop->weights + " weights), native loop, " + wn::split_name(split) +
+            " split (" + loop->file + ")";
+  }
+  std::unique_ptr<wn::Backend> backend;
+  std::unique_ptr<wn::StepRunner> runner;
+  if (!loop) {
+    backend = cli::backend(args, manifest);
+    runner = backend->open_step(graph);
+    setup = backend->name() + " per step (" + why + ")";
+  }
+  if (!quiet) std::fprintf(stderr, "wn_generate: %s\n", setup.c_str());
 
   // ---- stream to one WAV per stream (+ tokens), each under a temporary name until the end
   std::vector<std::unique_ptr<wn::WavWriter>> wavs;
@@ -211,7 +274,8 @@ int run(int argc, char** argv) {
   std::vector<int16_t> pcm;
   int64_t done = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  wn::generate(*runner, opt, [&](const int64_t* chunk, int64_t count) {
+  wn::NativeRunStats stats;
+  const wn::ChunkSink sink = [&](const int64_t* chunk, int64_t count) {
     pcm.resize(static_cast<size_t>(count));
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t* row = chunk + b * count;  // (batch, count)
@@ -225,7 +289,11 @@ int run(int argc, char** argv) {
     }
     done += count;
     if (tty) std::fprintf(stderr, "\rwn_generate: %lld/%lld samples", (long long)done, (long long)samples);
-  });
+  };
+  if (loop)
+    wn::generate_native(*loop, plan, opt, split, sink, args.has("--json") ? &stats : nullptr);
+  else
+    wn::generate(*runner, opt, sink);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (auto& w : wavs) w->close();
   if (tokens) tokens->close();
@@ -235,8 +303,11 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "%swn_generate: wrote %s%s (%lld samples x %lld streams, %.2f s of audio at %lld Hz) "
                          "with %s in %.2f s (%.0f samples/s per stream)\n",
                  tty ? "\r" : "", out.c_str(), batch > 1 ? " (one file per stream)" : "", (long long)samples, (long long)batch,
-                 static_cast<double>(samples) / static_cast<double>(rate), (long long)rate, backend->name().c_str(),
-                 seconds, static_cast<double>(samples) / std::max(seconds, 1e-9));
+                 static_cast<double>(samples) / static_cast<double>(rate), (long long)rate,
+                 loop ? "the native loop" : backend->name().c_str(), seconds,
+                 static_cast<double>(samples) / std::max(seconds, 1e-9));
+  if (args.has("--json")) print_json(loop ? "native" : backend->name(), setup, loop ? wn::split_name(split) : "",
+                                     batch, samples, seconds, stats.step_ns);
   return 0;
 }
 

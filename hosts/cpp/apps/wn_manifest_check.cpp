@@ -7,15 +7,18 @@
 #include "wn/backend.hpp"
 #include "wn/limits.hpp"
 #include "wn/manifest.hpp"
+#include "wn/native_plan.hpp"
 
 namespace {
 
 const char* kUsage = R"(usage: wn_manifest_check EXPORT_DIR [options]
 
 Check EXPORT_DIR/manifest.json as wn_generate and wn_score read it, without loading any graph: JSON
-types, every number against the graph layout and the host's limits, graph and engine files confined
-to EXPORT_DIR, sha256 of the graph files, and each step graph's buffers for --batch streams.
-Prints one line per graph; exit 0 when valid, 1 with one error line otherwise.
+types, every number against the graph layout and the host's limits, graph, engine and native loop plan
+files confined to EXPORT_DIR, sha256 of the graph and plan files, each step graph's buffers for --batch
+streams, and each native loop plan as wn_generate reads it (every tensor's dtype and shape, the dimensions
+against the graph, finite values). Prints one line per graph and plan; exit 0 when valid, 1 with one error
+line otherwise.
 
   -b, --batch B    streams to plan the step graphs for (default 1, at most 4096)
       --no-verify  skip the sha256 check of the graph files
@@ -54,6 +57,12 @@ int run(int argc, char** argv) {
   }
   for (const auto& [name, e] : m.engines)
     if (!args.has("--quiet")) std::printf("engine %s: %s\n", name.c_str(), e.file.c_str());
+  for (const auto& [name, info] : m.native) {
+    const wn::NativePlan plan = wn::read_native_plan(info, m.graph(name), m.model);
+    if (!args.has("--quiet"))
+      std::printf("native loop %s: %s (%s weights, %s streamed per step)\n", name.c_str(), info.file.c_str(),
+                  plan.weights.c_str(), wn::human_bytes(plan.weight_bytes()).c_str());
+  }
   return 0;
 }
 

@@ -75,7 +75,7 @@ uint16_t float_to_half(float f) {  // round to nearest even, with subnormals, in
   return static_cast<uint16_t>(sign | half);
 }
 
-float half_to_float(uint16_t h) {
+float half_bits_to_float(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -113,7 +113,7 @@ void to_float(const void* src, DType dtype, size_t count, float* dst) {
     std::memcpy(dst, src, count * 4);
   } else if (dtype == DType::Float16) {
     const auto* h = static_cast<const uint16_t*>(src);
-    for (size_t i = 0; i < count; ++i) dst[i] = half_to_float(h[i]);
+    for (size_t i = 0; i < count; ++i) dst[i] = half_bits_to_float(h[i]);
   } else {
     throw Error(std::string("cannot read ") + dtype_name(dtype) + " logits");
   }

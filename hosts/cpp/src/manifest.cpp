@@ -19,6 +19,7 @@ using json = nlohmann::json;
 namespace {
 
 const char* const kFormat = "wn-export/1";
+const char* const kNativeFormat = "wn-native-loop/1";  // native_plan.hpp reads files of this format
 
 bool is_dir(const std::string& p) {
   struct stat st {};
@@ -325,6 +326,11 @@ const GraphInfo& Manifest::graph(const std::string& name) const {
               (name.find("fp16") != std::string::npos ? " --fp16" : "") + "`");
 }
 
+const NativeInfo* Manifest::native_for(const std::string& graph_name) const {
+  auto it = native.find(graph_name);
+  return it == native.end() ? nullptr : &it->second;
+}
+
 const EngineInfo* Manifest::engine_for(const std::string& graph_name) const {
   auto it = engines.find(graph_name);
   if (it != engines.end()) return &it->second;
@@ -391,6 +397,36 @@ EngineInfo parse_engine(const std::string& name, const json& e, const Manifest& 
   return info;
 }
 
+// A "native_loops" entry: the plan of a ring-layout step graph of this manifest, in a file confined to the
+// directory (its contents are read and checked by read_native_plan when a host runs it).
+NativeInfo parse_native(const std::string& name, const json& e, const Manifest& m, bool verify, const Ctx& ctx) {
+  Ctx nctx = ctx.sub("native loop plan '" + name + "'");
+  if (!e.is_object()) nctx.fail("must be an object, got " + brief(e));
+  NativeInfo info;
+  info.graph = nctx.str(e, "graph");
+  if (info.graph != name) nctx.fail("names graph '" + info.graph + "': the entry of a graph's plan is keyed by the graph");
+  auto g = m.graphs.find(name);
+  if (g == m.graphs.end()) nctx.fail("is the plan of a graph the manifest does not have");
+  if (g->second.kind != "step" || g->second.layout != "ring")
+    nctx.fail("graph '" + name + "' is not a step graph with the ring state layout");
+  info.format = nctx.str(e, "format");
+  if (info.format != kNativeFormat)
+    nctx.fail("unsupported plan format '" + info.format + "' (this host reads '" + kNativeFormat + "')");
+  info.file = nctx.str(e, "file");
+  info.path = confined_path(m.directory, info.file, nctx.where + " file");
+  info.sha256 = nctx.str(e, "sha256");
+  info.graph_sha256 = nctx.str(e, "graph_sha256");
+  if (!is_file(info.path)) nctx.fail("file " + info.file + " is missing");
+  if (verify && sha256_file(info.path) != info.sha256)
+    throw Error(base_name(info.path) +
+                " does not match the manifest's sha256: the plan was modified or replaced after export; re-export "
+                "the directory");
+  if (verify && info.graph_sha256 != g->second.sha256)
+    throw Error(base_name(info.path) + " was derived from another " + g->second.file +
+                " than the manifest's; re-export the directory");
+  return info;
+}
+
 }  // namespace
 
 Manifest read_manifest(const std::string& directory, bool verify) {
@@ -441,6 +477,13 @@ Manifest read_manifest(const std::string& directory, bool verify) {
     if (!engines.is_object()) ctx.fail("'engines' must be an object, got " + brief(engines));
     for (auto it = engines.begin(); it != engines.end(); ++it)
       m.engines.emplace(it.key(), parse_engine(it.key(), it.value(), m, ctx));
+  }
+
+  if (data.contains("native_loops") && !data["native_loops"].is_null()) {
+    const json& loops = data["native_loops"];
+    if (!loops.is_object()) ctx.fail("'native_loops' must be an object, got " + brief(loops));
+    for (auto it = loops.begin(); it != loops.end(); ++it)
+      m.native.emplace(it.key(), parse_native(it.key(), it.value(), m, verify, ctx));
   }
   return m;
 }

@@ -12,9 +12,14 @@ rings by evaluating the graph's own index nodes) and hands the same packed weigh
 (plugins/ort/loop.cc), which runs embedding, tap gather, conditioning, the fused layer chain and head (the
 ops' own kernels), the ring update and the draw (the float64 inverse CDF of `reference_model.sampling` from
 the caller's uniforms, or greedy) for every step of a block. Anything else raises `NoMatch` and the host
-steps one sample at a time through ONNX Runtime. The speaker projection is constant per stream: it is added
-to the gate bias once per `reset` (float32), so conditioned models differ from the ONNX Runtime session at
-float32 rounding level only.
+steps one sample at a time through ONNX Runtime. The speaker projection is constant per stream: `match_loop`
+tabulates gate bias + speaker projection once per speaker (`speaker_gate`, summed in float64 in a fixed order
+and rounded once, so the table is the same on every machine), so conditioned models differ from the ONNX
+Runtime session at float32 rounding level only.
+
+`match_loop` is the plan as arrays and dimensions, without the library: the export writes it to the export
+directory (`native_plan`, `step.native.safetensors`) for the C++ host, which runs the same loop on the same
+arrays.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class WnLoopRun(ctypes.Structure):  # struct WnLoopRun (plugins/ort/loop.cc)
 
 
 ALIGN = 128  # bytes: kAlign of plugins/ort/kernels.h (a multiple of every cache line)
+STREAMED = ("w_cond", "w_gate", "w_out", "w_skip", "head_w1", "head_w2")  # the weights a step streams
 
 
 def _aligned(a: np.ndarray) -> np.ndarray:
@@ -109,44 +115,46 @@ def _tap_rows(t: GraphIndex, gather, position: str, rings, K1: int, used: list) 
 
 
 class LoopPlan:
-    """The native loop's model (`WnLoopModel`) and the arrays it points into (kept alive here)."""
+    """The native loop's model (`WnLoopModel`) and the arrays it points into (kept alive here): `arrays` and
+    `dims` as `match_loop` returns them."""
 
-    def __init__(self, lib: str, chain: Chain, arrays: dict, dims: dict):
-        self.chain, self.arrays, self.dims = chain, arrays, dims
+    def __init__(self, lib: str, arrays: dict, dims: dict):
+        arrays = {k: _aligned(v) if k in STREAMED and v is not None else v for k, v in arrays.items()}
+        self.arrays, self.dims = arrays, dims
         self.fn = ctypes.CDLL(lib).wn_loop_generate
         self.fn.restype = ctypes.c_int
         self.fn.argtypes = [ctypes.POINTER(WnLoopModel), ctypes.POINTER(WnLoopRun)]
         ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
-        head = arrays["head"]
         self.model = WnLoopModel(
             **{k: dims[k] for k in ("R", "G", "L", "P", "S", "H", "Q", "tokens", "kernel", "cond_channels",
                                     "state_rows")},
             ring_offset=ptr(arrays["ring_offset"]), ring_length=ptr(arrays["ring_length"]), embed=ptr(arrays["embed"]),
             w_cond=ptr(arrays["w_cond"]), cond_half=int(arrays["w_cond"] is not None and arrays["w_cond"].dtype == np.float16),
             w_gate=ptr(arrays["w_gate"]), w_out=ptr(arrays["w_out"]), w_skip=ptr(arrays["w_skip"]),
-            weights_half=int(chain.half), b_skip=ptr(arrays["b_skip"]), alpha=ptr(arrays["alpha"]),
-            beta=ptr(arrays["beta"]), skip_scale=chain.skip_scale, head_w1=ptr(head[0]), head_b1=ptr(head[1]),
-            head_w2=ptr(head[2]), head_b2=ptr(head[3]), input_bias=ptr(arrays["input_bias"]))
+            weights_half=int(self.half), b_skip=ptr(arrays["b_skip"]), alpha=ptr(arrays["alpha"]),
+            beta=ptr(arrays["beta"]), skip_scale=float(arrays["skip_scale"][0]), head_w1=ptr(arrays["head_w1"]),
+            head_b1=ptr(arrays["head_b1"]), head_w2=ptr(arrays["head_w2"]), head_b2=ptr(arrays["head_b2"]),
+            input_bias=ptr(arrays["input_bias"]))
+
+    @property
+    def half(self) -> bool:
+        """16-bit weights (the layer chain's and the head's)."""
+        return self.arrays["w_gate"].dtype == np.float16
 
     @property
     def weight_count(self) -> int:
         """Weights streamed per step: the layer chain, the head and the conditioning projection (as packed)."""
         a = self.arrays
-        return sum(w.size for w in (a["w_gate"], a["w_out"], a["w_skip"], a["head"][0], a["head"][2], a["w_cond"])
-                   if w is not None)
+        return sum(a[k].size for k in ("w_gate", "w_out", "w_skip", "head_w1", "head_w2", "w_cond") if a[k] is not None)
 
     def gate_base(self, batch: int, speaker) -> np.ndarray:
-        """The gate pre-activation that does not change per sample: (L·2G,) shared, or (batch, L·2G) with a
-        speaker projection. Each speaker's row comes from one table computed once for all speakers, so a
-        stream's row does not depend on the batch it is in."""
+        """The gate pre-activation that does not change per sample: (L·2G,) shared, or (batch, L·2G) rows of the
+        speaker table (one row per speaker, computed once: a stream's row does not depend on its batch)."""
         a = self.arrays
-        if a["speaker_embed"] is None:
+        if a["speaker_gate"] is None:
             return a["gate_bias"]
         if speaker is None or np.shape(speaker) != (batch,):
             raise NoMatch("speaker ids")
-        if "speaker_gate" not in a:  # (speakers, L·2G)
-            proj = a["speaker_embed"] @ a["w_speaker"].astype(np.float32)
-            a["speaker_gate"] = np.ascontiguousarray(a["gate_bias"][None] + proj, dtype=np.float32)
         return np.ascontiguousarray(a["speaker_gate"][np.asarray(speaker, np.int64)])
 
     def run(self, *, state: np.ndarray, position: int, first: np.ndarray, out: np.ndarray, gate_base: np.ndarray,
@@ -187,6 +195,26 @@ class LoopPlan:
 
 def plan_loop(fused: onnx.ModelProto, chain: Chain, graph, lib: str) -> LoopPlan:
     """The native loop of a fused step graph (`graph`: its manifest `GraphRecord`). Raises NoMatch."""
+    arrays, dims = match_loop(fused, chain, graph)
+    return LoopPlan(lib, arrays, dims)
+
+
+def speaker_table(gate_bias: np.ndarray, speaker_embed: np.ndarray, w_speaker: np.ndarray) -> np.ndarray:
+    """gate_bias + speaker_embed · W_spk for every speaker → (speakers, L·2G) float32: float64 products and sums in
+    a fixed order (element-wise IEEE operations, no BLAS), rounded once, so every machine gets the same bits."""
+    acc = np.broadcast_to(gate_bias.astype(np.float64), (speaker_embed.shape[0], gate_bias.size)).copy()
+    e, w = speaker_embed.astype(np.float64), w_speaker.astype(np.float64)
+    for k in range(e.shape[1]):
+        acc += e[:, k:k + 1] * w[k]
+    return acc.astype(np.float32)
+
+
+def match_loop(fused: onnx.ModelProto, chain: Chain, graph) -> tuple[dict, dict]:
+    """The native loop's arrays and dimensions for a fused step graph (`graph`: its manifest `GraphRecord`):
+    {ring_offset, ring_length (L) int64, embed (tokens, R), gate_bias (L·2G), speaker_gate (speakers, L·2G) or
+    None, input_bias (L·R), w_cond (packed C × L·2G) or None, w_gate, w_out, w_skip, b_skip, alpha, beta,
+    skip_scale (1,) float64, head_w1, head_b1, head_w2, head_b2}, {R, G, L, P, S, H, Q, tokens, kernel,
+    cond_channels, state_rows}. Raises NoMatch."""
     need(chain.head is not None, "the head is not fused")
     need(graph.layout == "ring" and len(graph.state) == 1 and graph.state[0].update == "ring", "not one ring state")
     t = GraphIndex(fused)
@@ -254,15 +282,16 @@ def plan_loop(fused: onnx.ModelProto, chain: Chain, graph, lib: str) -> LoopPlan
     need(embed.shape[0] == Q, "the embedding does not take the classes")
     arrays = {"ring_offset": np.array([o for o, _ in state.rings], np.int64),
               "ring_length": np.array([n for _, n in state.rings], np.int64), "embed": embed,
-              "w_cond": None if w_cond is None else _aligned(pack_panels(w_cond)),
-              "w_gate": _aligned(pack_panels(chain.w_gate)), "w_out": _aligned(pack_panels(chain.w_out)),
-              "w_skip": _aligned(pack_panels(chain.w_skip)),
-              "b_skip": chain.b_skip, "alpha": np.array(chain.alpha, np.float32), "beta": np.array(chain.beta, np.float32),
-              "head": (_aligned(pack_panels(w1)), np.ascontiguousarray(b1, np.float32), _aligned(pack_panels(w2)),
-                       np.ascontiguousarray(b2, np.float32)),
-              "gate_bias": gate_bias, "speaker_embed": speaker_embed, "w_speaker": w_speaker, "input_bias": input_bias}
+              "gate_bias": gate_bias,
+              "speaker_gate": None if speaker_embed is None else speaker_table(gate_bias, speaker_embed, w_speaker),
+              "input_bias": input_bias, "w_cond": None if w_cond is None else pack_panels(w_cond),
+              "w_gate": pack_panels(chain.w_gate), "w_out": pack_panels(chain.w_out), "w_skip": pack_panels(chain.w_skip),
+              "b_skip": np.ascontiguousarray(chain.b_skip, np.float32), "alpha": np.array(chain.alpha, np.float32),
+              "beta": np.array(chain.beta, np.float32), "skip_scale": np.array([chain.skip_scale], np.float64),
+              "head_w1": pack_panels(w1), "head_b1": np.ascontiguousarray(b1, np.float32), "head_w2": pack_panels(w2),
+              "head_b2": np.ascontiguousarray(b2, np.float32)}
     dims = dict(R=R, G=G, L=L, P=P, S=chain.S, H=w1.shape[1], Q=Q, tokens=embed.shape[0], kernel=K1 + 1,
                 cond_channels=0 if w_cond is None else w_cond.shape[0],
                 state_rows=int(graph.input("state").shape[1]))
     need(dims["state_rows"] >= int((arrays["ring_offset"] + arrays["ring_length"]).max()), "rings outside the state")
-    return LoopPlan(lib, chain, arrays, dims)
+    return arrays, dims

@@ -77,7 +77,7 @@ class Calibration:
 
             d = plan.dims
             shape = f"{d['L']}x{d['R']}x{d['G']}x{d['S']}x{d['H']}x{d['Q']}x{d['kernel']}x{d['cond_channels']}|" \
-                    f"{'w16' if plan.chain.half else 'fp32'}|{Path(lib).parent.name}"
+                    f"{'w16' if plan.half else 'fp32'}|{Path(lib).parent.name}"
             key = hashlib.sha256(f"{machine_key()}|{shape}".encode()).hexdigest()[:16]
             self.path = cache_dir().parent / "policy" / f"{key}.json"
             if os.environ.get("WN_EXPORT_RECALIBRATE") != "1":
@@ -110,7 +110,7 @@ class Calibration:
         first = np.full(batch, d["Q"] // 2, np.int64)
         logits = np.zeros((batch, d["Q"]), np.float32)
         cond = np.zeros((batch, d["cond_channels"], 1), np.float32) if d["cond_channels"] else None
-        gate_base = plan.gate_base(batch, np.zeros(batch, np.int64) if plan.arrays["speaker_embed"] is not None else None)
+        gate_base = plan.gate_base(batch, np.zeros(batch, np.int64) if plan.arrays["speaker_gate"] is not None else None)
 
         def block(way: str, steps: int) -> float:
             out = np.empty((steps, batch), np.int64)

@@ -98,7 +98,7 @@ void ring_scatter(unsigned char* state, const unsigned char* update, const StepR
                   int64_t position);
 void to_float(const void* src, DType dtype, size_t count, float* dst);  // float32 / float16 → float
 uint16_t float_to_half(float f);
-float half_to_float(uint16_t h);
+float half_bits_to_float(uint16_t h);  // IEEE half bits → float (exact)
 
 // A graph file's actual I/O as (name, dtype name, rank); compared with the manifest by check_io.
 struct IoDesc {

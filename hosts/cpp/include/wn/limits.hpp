@@ -21,6 +21,9 @@ constexpr int64_t kMaxTensorBytes = int64_t{8} << 30;      // all buffers of a s
 constexpr int64_t kMaxInputBytes = int64_t{1} << 30;       // a tokens / conditioning / WAV file read whole
 constexpr int64_t kMaxManifestBytes = int64_t{16} << 20;   // manifest.json
 constexpr int kMaxJsonDepth = 32;                          // nesting of manifest.json (it needs 6)
+constexpr int64_t kMaxPlanBytes = int64_t{4} << 30;        // a native loop plan file (safetensors): its weights
+constexpr int64_t kMaxPlanHeaderBytes = int64_t{1} << 20;  // its JSON header (a real one is ~2 KiB)
+constexpr int64_t kMaxPlanTensors = 64;                    // tensors in it (a plan has at most 20)
 constexpr int64_t kMaxThreads = 1024;                      // --threads
 constexpr int64_t kMaxDevice = 1024;                       // --device
 

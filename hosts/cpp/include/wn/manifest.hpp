@@ -1,8 +1,8 @@
 // wn-export manifest ("wn-export/1"): the I/O contract between an export directory and this host.
 //
 // read_manifest(dir) parses DIR/manifest.json, validates it the way the Python host does
-// (format, required keys, graph files present, sha256 of every graph file unless verify=false) and
-// returns the graphs' I/O descriptions by name. Every problem is a wn::Error with a one-line message.
+// (format, required keys, graph files present, sha256 of every graph file and native loop plan unless
+// verify=false) and returns the graphs' I/O descriptions by name. Every problem is a wn::Error with a one-line message.
 #pragma once
 
 #include <cstdint>
@@ -74,6 +74,12 @@ struct EngineInfo {
   std::string sha256;                   // "" if the entry has none
 };
 
+// A step graph's native loop plan ("native_loops" section, written by the export when the graph has one):
+// the file (safetensors), its format and sha256, and the graph it was derived from. Read by native_plan.hpp.
+struct NativeInfo {
+  std::string graph, file, path, format, sha256, graph_sha256;  // graph: the manifest graph (and the entry's key)
+};
+
 struct ModelInfo {
   int64_t quantization_channels = 256, receptive_field = 0, sample_rate = 16000;
   int64_t local_channels = 0, hop_size = 1, speakers = 0;
@@ -84,6 +90,10 @@ struct Manifest {
   ModelInfo model;
   std::map<std::string, GraphInfo> graphs;
   std::map<std::string, EngineInfo> engines;
+  std::map<std::string, NativeInfo> native;  // by graph name
+
+  // The native loop plan derived from `graph`, or null when the manifest records none.
+  const NativeInfo* native_for(const std::string& graph) const;
 
   // The named graph, or a wn::Error listing the graphs there are.
   const GraphInfo& graph(const std::string& name) const;
