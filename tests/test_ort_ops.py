@@ -142,6 +142,27 @@ def test_the_helper_thread_changes_no_bit(lib, B, op):
         native.wn_ort_ops_set_helper(1)
 
 
+def test_the_last_skip_projection_waits_for_the_layers_before(lib):
+    """The last layer's skip projection is two tasks, its column halves, one per thread; each must start after the
+    layers before it (the skip sum accumulates in layer order). With skip projections far heavier than the chain,
+    the helper is still on earlier layers when the caller turns to them: the bits must still be one thread's."""
+    import ctypes
+
+    native = ctypes.CDLL(lib)
+    rng = np.random.default_rng(5)
+    w, alpha, beta, _ = random_layers(rng, 1, 8, 8, 6, 2, 4096)
+    sess = session(layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], 8, alpha, beta), lib)
+    problems = [random_layers(rng, 1, 8, 8, 6, 2, 4096)[3] for _ in range(5)]
+    try:
+        native.wn_ort_ops_set_helper(0)
+        alone = [sess.run(None, feeds)[0] for feeds in problems]
+        native.wn_ort_ops_set_helper(1)
+        for call in range(300):
+            assert np.array_equal(alone[call % 5], sess.run(None, problems[call % 5])[0])
+    finally:
+        native.wn_ort_ops_set_helper(1)
+
+
 @pytest.mark.parametrize("B, R, G, L, K, S, shared", [
     (1, 64, 64, 30, 2, 256, False), (2, 6, 5, 3, 3, 7, False), (5, 13, 20, 4, 2, 9, True), (20, 8, 8, 3, 2, 8, False)])
 def test_layers_op_with_16_bit_weights_matches_the_float64_contract(lib, B, R, G, L, K, S, shared):

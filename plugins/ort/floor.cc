@@ -36,8 +36,9 @@ __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N,
                                                            int64_t passes, int64_t* ns) {
   if (K < 1 || N < 1 || batch < 1 || passes < 1 || (threads != 1 && threads != 2)) return 1;
   const int64_t n = wn::Packed::size(K, N);  // elements
-  std::vector<float> w32(half ? 0 : n);
-  std::vector<uint16_t> w16(half ? n : 0);
+  std::vector<unsigned char> raw(static_cast<size_t>(n * (half ? 2 : 4) + wn::kAlign));
+  float* w32 = wn::align_up(reinterpret_cast<float*>(raw.data()));  // as the native loop's weights (native_loop.py)
+  uint16_t* w16 = reinterpret_cast<uint16_t*>(w32);
   for (int64_t i = 0; i < n; ++i) {  // small finite values; the floor does not depend on them
     const uint32_t v = static_cast<uint32_t>(i * 2654435761u) >> 20;
     if (half)
@@ -46,7 +47,7 @@ __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N,
       w32[i] = static_cast<float>(v) * 1e-6f;
   }
   std::vector<float> A(batch * K, 0.5f), C(batch * N, 0.f);
-  const FloorPass pass{batch, N, A.data(), wn::Packed(half ? static_cast<const void*>(w16.data()) : w32.data(), K, half != 0),
+  const FloorPass pass{batch, N, A.data(), wn::Packed(half ? static_cast<const void*>(w16) : w32, K, half != 0),
                        C.data()};
   for (int64_t i = -1; i < passes; ++i) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -508,7 +508,8 @@ namespace {
 
 // The sequential part on the calling thread, rows [r0, r1): per layer the gate GEMM over [taps_l | x_l], the
 // gate, then (but the last) the residual GEMM. Tasks 0 … L−k0−1 of the team are the past-tap projections of
-// layers k0 … L−1 (into a.pre; ready at once); task L−k0+l may start once h_l is written.
+// layers k0 … L−1 (into a.pre; ready at once); task L−k0+l may start once h_l is written, and every task once
+// h_{L−1} is.
 void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) {
   const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P;
   const int64_t ldh = L * G, ldx = L * R;
@@ -521,6 +522,8 @@ void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) 
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
+    if (l + 1 < k0 && M == 1)  // the next layer's taps (another thread may have written them): asked for ahead
+      for (int64_t i = 0; i < P; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(taps + (l + 1) * P + i);
     // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
     // (whichever thread computed the first part, the result is the same bits)
     const Packed w = a.w_gate.matrix(l, G2);
@@ -535,8 +538,11 @@ void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) 
     }
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
+    if (l + 1 == L) {
+      team.ready(INT64_MAX);  // the rest depends on h_{L−1} at most (and waits for its turn)
+      break;
+    }
     team.ready(pre + l + 1);
-    if (l + 1 == L) break;
     std::memset(res, 0, M * R * sizeof(float));
     gemm_acc(M, 0, R, h, ldh, a.w_out.matrix(l, R), res, R);
     const float al = a.alpha[l], be = a.beta[l];
@@ -550,9 +556,9 @@ void init_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
   for (int64_t b = r0; b < r1; ++b) std::memcpy(a.skip + b * a.S, a.b_skip, a.S * sizeof(float));
 }
 
-// skip[r0 … r1) += h_l · W_skip,l (task l of a job whose tasks run in layer order)
-void skip_layer(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
-  gemm_acc(r1 - r0, 0, a.S, a.H + r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S), a.skip + r0 * a.S,
+// skip[r0 … r1, n0 … n1) += h_l · W_skip,l (a task of a job whose tasks run in layer order)
+void skip_layer(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l, int64_t n0, int64_t n1) {
+  gemm_acc(r1 - r0, n0, n1, a.H + r0 * a.L * a.G + l * a.G, a.L * a.G, a.w_skip.matrix(l, a.S), a.skip + r0 * a.S,
            a.S);
 }
 
@@ -574,9 +580,11 @@ int64_t helper_from(const LayersArgs& a) {
   return std::min(a.L, std::max<int64_t>(2, k));  // layers 0 and 1 on the caller: it needs them first
 }
 
-void scale_skip(const LayersArgs& a, int64_t r0, int64_t r1) {
-  if (a.skip_scale != 1.0f)
-    for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.skip[i] *= a.skip_scale;
+// Columns [n0, n1) of part `part` of `parts` (whole panels) of N columns.
+void part_columns(int64_t N, int64_t part, int64_t parts, int64_t* n0, int64_t* n1) {
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  *n0 = std::min(N, panels * part / parts * kPanel);
+  *n1 = std::min(N, panels * (part + 1) / parts * kPanel);
 }
 
 // ---- the head -------------------------------------------------------------------------------------------
@@ -592,8 +600,8 @@ struct HeadLayer {
   float* C;  // (B, N)
 
   void part(int64_t r0, int64_t r1, int64_t p) const {
-    const int64_t panels = (N + kPanel - 1) / kPanel;
-    const int64_t n0 = std::min(N, panels * p / kHeadParts * kPanel), n1 = std::min(N, panels * (p + 1) / kHeadParts * kPanel);
+    int64_t n0, n1;
+    part_columns(N, p, kHeadParts, &n0, &n1);
     if (n0 >= n1) return;
     for (int64_t b = r0; b < r1; ++b) std::memcpy(C + b * N + n0, bias + n0, (n1 - n0) * sizeof(float));
     gemm_acc(r1 - r0, n0, n1, A + r0 * K, K, W, C + r0 * N, N);
@@ -614,11 +622,27 @@ void relu_skip(const HeadArgs& a, int64_t r0, int64_t r1) {  // hidden[:, :S] = 
   for (int64_t i = r0 * a.S; i < r1 * a.S; ++i) a.hidden[i] = std::max(a.skip[i], 0.f);
 }
 
-// One step's pipeline job over rows [r0, r1): tasks 0 … L−1 the skip projections (in layer order), L the skip
-// sum's scaling and ReLU, L+1 and L+2 the first 1×1's column halves, L+3 and L+4 the second's.
-// In the pipeline the tasks are: the past-tap projections of layers k0 … L−1 (ready at once), the skip
-// projections 0 … L−1 (in layer order, as the chain writes h_l), then the skip sum's scaling and ReLU, the first
-// 1×1's column halves and the second's.
+// The last layer's skip projection over the columns of part `part`, then the skip sum's scaling and (with a head)
+// its ReLU into the head's input, for those columns.
+void skip_last(const LayersArgs& a, const HeadArgs* h, int64_t r0, int64_t r1, int64_t part) {
+  if (part == 0 && a.after_layer != nullptr) a.after_layer(a.after_ctx, a.L - 1, r0, r1);
+  int64_t n0, n1;
+  part_columns(a.S, part, kHeadParts, &n0, &n1);
+  if (n0 >= n1) return;
+  skip_layer(a, r0, r1, a.L - 1, n0, n1);
+  for (int64_t b = r0; b < r1; ++b) {
+    float* s = a.skip + b * a.S;
+    if (a.skip_scale != 1.0f)
+      for (int64_t j = n0; j < n1; ++j) s[j] *= a.skip_scale;
+    if (h != nullptr)
+      for (int64_t j = n0; j < n1; ++j) h->hidden[b * a.S + j] = std::max(s[j], 0.f);
+  }
+}
+
+// One step's job over rows [r0, r1). In the pipeline its tasks are: the past-tap projections of layers k0 … L−1
+// (ready at once), the skip projections 0 … L−2 (in layer order, as the chain writes h_l), the last one's column
+// halves with the skip sum's scaling and ReLU (both threads: the chain is over), then the first 1×1's column
+// halves and the second's.
 struct StepJob {
   const LayersArgs* a;
   const HeadArgs* h;
@@ -628,26 +652,27 @@ struct StepJob {
   int64_t k0;  // helper_from(), or L: no past-tap tasks
 
   int64_t pre() const { return a->L - k0; }
-  int64_t tasks() const { return pre() + a->L + (with_head ? 1 + 2 * kHeadParts : 0); }
+  int64_t tasks() const { return pre() + a->L - 1 + kHeadParts * (with_head ? 3 : 1); }
   static void run(const void* ctx, int64_t t) {
     const StepJob& j = *static_cast<const StepJob*>(ctx);
     const int64_t L = j.a->L, n = j.pre();
     if (t < n) return past_taps(*j.a, j.r0, j.r1, j.k0 + t);
     t -= n;
-    if (t < L) return skip_layer(*j.a, j.r0, j.r1, t);
-    if (t == L) {
-      scale_skip(*j.a, j.r0, j.r1);
-      return relu_skip(*j.h, j.r0, j.r1);
+    if (t < L - 1) {
+      skip_layer(*j.a, j.r0, j.r1, t, 0, j.a->S);
+      if (j.a->after_layer != nullptr) j.a->after_layer(j.a->after_ctx, t, j.r0, j.r1);
+      return;
     }
-    const int64_t k = t - L - 1;
-    (k < kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
+    const int64_t k = t - (L - 1);
+    if (k < kHeadParts) return skip_last(*j.a, j.with_head ? j.h : nullptr, j.r0, j.r1, k);
+    (k < 2 * kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
   }
   static int64_t after(const void* ctx, int64_t t) {
     const StepJob& j = *static_cast<const StepJob*>(ctx);
-    const int64_t L = j.a->L, n = j.pre();
+    const int64_t n = j.pre(), last = n + j.a->L - 1;  // the first of the last skip projection's parts
     if (t < n) return 0;
-    if (t <= n + L) return t;  // the skip sum in layer order, then its finish
-    return t <= n + L + kHeadParts ? n + L + 1 : n + L + 1 + kHeadParts;  // each 1×1 after what it reads
+    if (t <= last) return t;  // the skip sum in layer order
+    return last + (t - last) / kHeadParts * kHeadParts;  // each set of column parts after what it reads
   }
 };
 
@@ -661,7 +686,6 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
   chain(a, r0, r1, team, job.k0);
   team.finish();
-  scale_skip(a, r0, r1);
 }
 
 void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
@@ -683,12 +707,13 @@ void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
   }
 }
 
-void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split) {
+void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split, const StepHook* hook) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
   const StepJob job{&a, &h, Head(h), r0, r1, true, split == kPipeline ? helper_from(a) : a.L};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
   chain(a, r0, r1, team, job.k0);
+  if (hook != nullptr) hook->fn(hook->ctx, r0, r1);  // while the helper finishes the skip sum
   team.finish();
 }
 

@@ -61,39 +61,90 @@ struct Loop {
   wn::LayersArgs layers;
   wn::HeadArgs head;
   float *x0, *taps, *gate_in, *cond_t;  // gate_in: with local conditioning only
-  double* cdf;  // (2, Q): one row per batch half
+  double* cdf;  // (2, cdf_ld): the sampler's scratch, one row per batch half
+  int64_t cdf_ld;
   std::vector<int64_t> dilation;
+  int64_t* phase;  // (2, L): (position + t) mod length_l for the current step t, then for step t + 1
+  mutable int64_t now = 0;  // the current step (block() sets it between steps)
 
-  // Step t of streams [r0, r1): everything from the input token to the drawn one.
-  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
-    const int64_t B = run.batch, R = m.R, L = m.L, P = m.P, G2 = 2 * m.G, Q = m.Q, K1 = m.kernel - 1;
-    const int64_t C = m.cond_channels;
-    const int64_t pos = run.position + t;
-    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
-    for (int64_t b = r0; b < r1; ++b) {
-      std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
-      const float* state = run.state + b * m.state_rows * R;
-      float* tap = taps + b * L * P;
-      for (int64_t l = 0; l < L; ++l)
-        for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
-          const int64_t row = m.ring_offset[l] + (pos + j * dilation[l]) % m.ring_length[l];
-          std::memcpy(tap + l * P + j * R, state + row * R, R * sizeof(float));
-        }
-      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
+  // The first step's phases, then one step on (block() between steps: no other thread reads them then).
+  void start_phases() const {
+    for (int64_t l = 0; l < m.L; ++l) {
+      phase[l] = run.position % m.ring_length[l];
+      phase[m.L + l] = phase[l] + 1 == m.ring_length[l] ? 0 : phase[l] + 1;
     }
+  }
+  void next_phases() const {
+    for (int64_t l = 0; l < m.L; ++l) {
+      phase[l] = phase[m.L + l];
+      phase[m.L + l] = phase[l] + 1 == m.ring_length[l] ? 0 : phase[l] + 1;
+    }
+  }
+
+  // Layer l's ring taps of a step of streams [r0, r1) (ph: the step's phases).
+  void layer_taps(int64_t l, const int64_t* ph, int64_t r0, int64_t r1) const {
+    const int64_t R = m.R, L = m.L, P = m.P, K1 = m.kernel - 1;
+    for (int64_t b = r0; b < r1; ++b) {
+      const float* state = run.state + b * m.state_rows * R;
+      for (int64_t j = 0; j < K1; ++j) {  // the sample of time t − (K−1)d + j·d: offset + (t + j·d) mod (K−1)d
+        const int64_t i = ph[l] + j * dilation[l], n = m.ring_length[l];  // i < 2n: j·d < (K−1)·d = n
+        std::memcpy(taps + (b * L + l) * P + j * R, state + (m.ring_offset[l] + (i < n ? i : i - n)) * R,
+                    R * sizeof(float));
+      }
+    }
+  }
+
+  // The gate pre-activation's conditioning of step t of streams [r0, r1).
+  void conditioning(int64_t t, int64_t r0, int64_t r1) const {
+    const int64_t L = m.L, G2 = 2 * m.G, C = m.cond_channels;
+    for (int64_t b = r0; b < r1; ++b)
+      for (int64_t k = 0; k < C; ++k) cond_t[b * C + k] = run.cond[b * run.cond_sb + k * run.cond_sc + t * run.cond_st];
     if (C > 0)  // gate_in = gate_base + cond_t · W_cond
       wn::gemm_from(r1 - r0, 0, L * G2, cond_t + r0 * C, C, wn::Packed(m.w_cond, C, m.cond_half != 0),
                     run.gate_base + r0 * run.gate_base_ld, run.gate_base_ld, gate_in + r0 * L * G2, L * G2);
-    wn::run_step(layers, head, r0, r1, split);
-    int64_t* out = run.tokens + t * B;
-    double* c = cdf + (r0 == 0 ? 0 : Q);  // one row per thread
+  }
+
+  // Layer l's part of step `now`'s ring-state update (x_l + input_bias_l into row offset_l + t mod length_l of its
+  // ring), then its taps of the next step (the ring rows are read again only by those). Alone, with layer l's skip
+  // projection (LayersArgs::after_layer), where its cache misses overlap the weight stream; in the pipeline, for
+  // every layer once the chain is done, on the calling thread while the helper finishes the skip sum.
+  static void after_layer(const void* ctx, int64_t l, int64_t r0, int64_t r1) {
+    const Loop& lp = *static_cast<const Loop*>(ctx);
+    const WnLoopModel& m = lp.m;
+    const int64_t R = m.R, L = m.L;
     for (int64_t b = r0; b < r1; ++b) {
-      float* state = run.state + b * m.state_rows * R;
-      const float* x = layers.X + b * L * R;
-      for (int64_t l = 0; l < L; ++l) {
-        float* row = state + (m.ring_offset[l] + pos % m.ring_length[l]) * R;
-        for (int64_t i = 0; i < R; ++i) row[i] = x[l * R + i] + m.input_bias[l * R + i];
-      }
+      float* row = lp.run.state + (b * m.state_rows + m.ring_offset[l] + lp.phase[l]) * R;
+      const float* x = lp.layers.X + (b * L + l) * R;
+      for (int64_t i = 0; i < R; ++i) row[i] = x[i] + m.input_bias[l * R + i];
+    }
+    if (lp.now + 1 < lp.run.steps) lp.layer_taps(l, lp.phase + L, r0, r1);
+  }
+
+  // Once the layer chain is done (it has read this step's inputs), before the head: the ring update and next taps
+  // in the pipeline, and the next step's conditioning.
+  struct AfterChain {
+    const Loop* loop;
+    int64_t t;
+    bool ring;
+    static void run(const void* ctx, int64_t r0, int64_t r1) {
+      const AfterChain& a = *static_cast<const AfterChain*>(ctx);
+      if (a.ring)
+        for (int64_t l = 0; l < a.loop->m.L; ++l) after_layer(a.loop, l, r0, r1);
+      if (a.t + 1 < a.loop->run.steps && a.loop->m.cond_channels > 0) a.loop->conditioning(a.t + 1, r0, r1);
+    }
+  };
+
+  // Step t of streams [r0, r1): everything from the input token to the drawn one (its inputs() are ready).
+  void step(int64_t t, int64_t r0, int64_t r1, wn::Split split) const {
+    const int64_t B = run.batch, R = m.R, Q = m.Q;
+    const int64_t* prev = t == 0 ? run.first : run.tokens + (t - 1) * B;
+    for (int64_t b = r0; b < r1; ++b) std::memcpy(x0 + b * R, m.embed + prev[b] * R, R * sizeof(float));
+    const AfterChain after{this, t, layers.after_layer == nullptr};
+    const wn::StepHook hook{AfterChain::run, &after};
+    wn::run_step(layers, head, r0, r1, split, &hook);
+    int64_t* out = run.tokens + t * B;
+    double* c = cdf + (r0 == 0 ? 0 : cdf_ld);  // one row per thread
+    for (int64_t b = r0; b < r1; ++b) {
       const float* logits = run.logits + b * Q;
       const double temperature = run.temperatures ? run.temperatures[b] : run.temperature;
       out[b] = run.u && temperature > 0 ? wn::sample_row(logits, Q, run.u[t * B + b], temperature, c)
@@ -110,6 +161,14 @@ struct Loop {
     };
     for (int64_t t = 0; t < run.steps; ++t) {
       const auto t0 = std::chrono::steady_clock::now();
+      now = t;
+      if (t == 0) {  // then each step prepares the next one's
+        start_phases();
+        for (int64_t l = 0; l < m.L; ++l) layer_taps(l, phase, 0, run.batch);
+        conditioning(0, 0, run.batch);
+      } else {
+        next_phases();
+      }
       if (split == wn::kRows && run.batch > 1) {
         const Half half{this, t};
         wn::split_rows(run.batch, [](const void* c, int64_t r0, int64_t r1) {
@@ -148,13 +207,13 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
     if (m.ring_length[l] < 1 || m.ring_length[l] % (m.kernel - 1) != 0) return 1;
   if (r.steps == 0) return 0;
   thread_local std::vector<float> scratch;
-  const int64_t C = m.cond_channels;
+  const int64_t C = m.cond_channels, line = wn::kAlign / static_cast<int64_t>(sizeof(float));
   scratch.resize(static_cast<size_t>(B * (R + L * P + (C > 0 ? L * 2 * G : 0) + C + S + L * R + L * G + 2 * G + R +
-                                          L * 2 * G + S + m.H)));
-  float* p = scratch.data();
-  auto take = [&p](int64_t n) {
+                                          L * 2 * G + S + m.H) + 12 * line));
+  float* p = wn::align_up(scratch.data());
+  auto take = [&p, line](int64_t n) {  // each on a cache line
     float* q = p;
-    p += n;
+    p += (n + line - 1) / line * line;
     return q;
   };
   float *x0 = take(B * R), *taps = take(B * L * P), *gate_in = take(C > 0 ? B * L * 2 * G : 0), *cond_t = take(B * C);
@@ -162,7 +221,8 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
   float* pre = take(B * L * 2 * G);
   float* hidden = take(B * (S + m.H));
   thread_local std::vector<double> cdf;
-  cdf.resize(static_cast<size_t>(2 * Q));
+  const int64_t cdf_ld = wn::sample_scratch(Q);
+  cdf.resize(static_cast<size_t>(2 * cdf_ld));
   const bool half = m.weights_half != 0;
   Loop loop{m, r,
             // without local conditioning the gate's pre-activation is gate_base itself, read in place
@@ -172,8 +232,14 @@ __attribute__((visibility("default"))) int wn_loop_generate(const WnLoopModel* m
                            static_cast<float>(m.skip_scale), skip, X, H, acc, res, pre},
             wn::HeadArgs{B, S, m.H, Q, skip, wn::Packed(m.head_w1, S, half), m.head_b1, wn::Packed(m.head_w2, m.H, half),
                          m.head_b2, r.logits, hidden},
-            x0, taps, gate_in, cond_t, cdf.data(), {}};
+            x0, taps, gate_in, cond_t, cdf.data(), cdf_ld, {}, nullptr};
   for (int64_t l = 0; l < L; ++l) loop.dilation.push_back(m.ring_length[l] / (m.kernel - 1));
+  std::vector<int64_t> phases(static_cast<size_t>(2 * L));
+  loop.phase = phases.data();
+  if (r.split != wn::kPipeline) {
+    loop.layers.after_layer = Loop::after_layer;
+    loop.layers.after_ctx = &loop;
+  }
   loop.block(static_cast<wn::Split>(r.split));
   return 0;
 }
