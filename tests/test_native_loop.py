@@ -234,3 +234,27 @@ def test_rows_with_their_own_temperature_or_greedy_equal_their_own_generation(ex
                 runner.generate_block(first, out, u=u, temperature=bad)
         with pytest.raises(InputError, match="per-row temperatures"):
             runner.generate_block(first, out, u=None, temperature=temperatures)
+
+
+def test_temperatures_the_sampler_cannot_honour_are_refused_per_row_and_for_all(exports):
+    """Below 1e-6 (denormals too) the float64 draw degenerates (far below, logit / T overflows and every draw is
+    token 0), and infinity is no temperature: refused like `check_temperature` refuses them, before the loop runs
+    (the position does not move); 1e-6 itself, huge finite ones and greedy rows (0) beside them run."""
+    from reference_model.sampling import uniforms
+
+    manifest = read_manifest(exports["k2"])
+    Q, n = manifest.config.quantization_channels, 20
+    with OrtStepRunner(manifest) as runner:
+        runner.reset(3)
+        first = np.full(3, Q // 2, np.int64)
+        u = np.ascontiguousarray(uniforms(1, n, 3))
+        out = np.empty((n, 3), np.int64)
+        for bad in (1e-300, 5e-324, 1e-7, np.inf, -np.inf):
+            with pytest.raises(InputError, match="per-row temperatures must be"):
+                runner.generate_block(first, out, u=u, temperature=np.array([1.0, bad, 0.0]))
+            with pytest.raises(InputError, match="temperature must be a finite number >= 1e-06"):
+                runner.generate_block(first, out, u=u, temperature=bad)
+        assert runner.position == 0
+        assert runner.generate_block(first, out, u=u, temperature=np.array([1e-6, 1e300, 0.0]))
+        assert runner.generate_block(first, out, u=None, temperature=1e-300)  # greedy: no temperature is read
+        assert runner.position == 2 * n

@@ -151,13 +151,20 @@ class LoopPlan:
         strides) when the model has local conditioning."""
         steps, B = out.shape
         rows = None
-        if np.ndim(temperature):
-            rows = np.ascontiguousarray(temperature, np.float64)
-            if rows.shape != (B,) or not np.all(rows >= 0) or (u is None and np.any(rows > 0)):
-                from wn_export.errors import InputError
+        if np.ndim(temperature):  # each 0 (greedy) or a temperature of `check_temperature`, as the Triton host's
+            from reference_model.sampling import MIN_TEMPERATURE
+            from wn_export.errors import InputError
 
-                raise InputError(f"per-row temperatures must be ({B},) values ≥ 0 (0: greedy), with uniforms")
+            rows = np.ascontiguousarray(temperature, np.float64)
+            if rows.shape != (B,) or not np.isfinite(rows).all() or ((rows != 0) & (rows < MIN_TEMPERATURE)).any() \
+                    or (u is None and np.any(rows > 0)):
+                raise InputError(f"per-row temperatures must be ({B},) finite values, each 0 (greedy) or "
+                                 f"≥ {MIN_TEMPERATURE:g}, with uniforms (got {rows.ravel()[:8].tolist()})")
             temperature = 1.0
+        elif u is not None:
+            from reference_model.sampling import check_temperature
+
+            temperature = check_temperature("sample", temperature)
         itemsize = 4
         if cond is not None:
             sb, sc, st = (s // itemsize for s in cond.strides)
