@@ -6,6 +6,7 @@ tests/test_cpp_hostile.py (hostile files)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -133,6 +134,8 @@ def _edited(exports, tmp_path, edit) -> str:
     ("format", "is not one of wn-native-loop/1"),
     ("missing", "is missing"),
     ("not-an-object", "native_loops must be of type dict"),
+    ("5-GiB", "step.native.safetensors is 5.0 GiB, more than a native loop plan can be (4 GiB)"),  # not hashed
+    ("graph-1-TiB", "step.onnx is 1024.0 GiB, more than a self-contained ONNX model can be (2 GiB)"),  # not read
 ])
 def test_the_manifest_reader_checks_the_plan_record(exports, tmp_path, case, message):
     def edit(d, data):
@@ -150,6 +153,10 @@ def test_the_manifest_reader_checks_the_plan_record(exports, tmp_path, case, mes
             rec["format"] = "wn-native-loop/2"
         elif case == "missing":
             (d / rec["file"]).unlink()
+        elif case == "5-GiB":  # sparse files: nothing is written
+            os.truncate(d / rec["file"], 5 << 30)
+        elif case == "graph-1-TiB":
+            os.truncate(d / "step.onnx", 1 << 40)
         else:
             data["native_loops"] = []
     assert message in _edited(exports, tmp_path, edit)
