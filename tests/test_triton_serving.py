@@ -863,7 +863,8 @@ def test_malformed_requests_get_an_error_and_never_hang(server):
     for url in (server.grpc_url, server.http_url):
         assert "samples must lie in [1, 9,600,000]" in error(url, samples=10**8)
         assert "unknown sampling method 'beam'" in error(url, method="beam")
-        assert "temperature must be a finite number >= 1e-06" in error(url, temperature=-1.0)
+        for temperature in (-1.0, 1e-300, 5e-324, float("nan"), float("inf")):
+            assert "temperature must be a finite number >= 1e-06" in error(url, temperature=temperature), temperature
         assert "speaker ids must lie in [0, 2]" in error(url, "cond_generate", speaker=7,
                                                          conditioning=np.zeros((3, 25), np.float32))
         assert "needs a speaker id" in error(url, "cond_generate", conditioning=np.zeros((3, 25), np.float32))
