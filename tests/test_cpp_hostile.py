@@ -1077,6 +1077,8 @@ def test_a_plan_whose_loop_needs_gigabytes_per_step_is_refused_before_allocating
              preexec_fn=_address_space(4 << 30))
     tree.run(host / "wn_generate", "plain", "-o", "out/a.wav", "-n", 2, "--batch", 4096, "-q", code=1,
              message="the native loop's buffers need 12.0 GiB for 4096 streams", preexec_fn=_address_space(4 << 30))
+    tree.run(host / "wn_manifest_check", "plain", "--batch", 4096, code=1,
+             message="the native loop's buffers need 12.0 GiB for 4096 streams")
 
 
 @pytest.mark.parametrize("args, message", [

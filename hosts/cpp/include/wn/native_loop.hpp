@@ -35,9 +35,4 @@ struct NativeRunStats {
 void generate_native(const NativePlan& plan, const StepPlan& step, const GenerateOptions& options, LoopSplit split,
                      const ChunkSink& sink, NativeRunStats* stats = nullptr);
 
-// Bytes generate_native allocates for `batch` streams in chunks of `chunk` steps (with step times: `timed`), the
-// native loop's scratch included; a wn::Error naming limits::kMaxTensorBytes when they exceed it (generate_native
-// checks it before allocating; a caller may check it before creating its outputs).
-int64_t check_loop_bytes(const NativePlan& plan, int64_t batch, int64_t chunk, bool timed);
-
 }  // namespace wn
