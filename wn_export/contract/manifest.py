@@ -101,7 +101,27 @@ def export_files(directory) -> list[Path]:
         return []
     return [directory / FILENAME, *(p for p in directory.iterdir()
                                     if p.suffix in (".onnx", ".engine", ".bin", ".data", ".safetensors")
-                                    and p.is_file())]
+                                    and p.is_file()), *_recorded_files(directory)]
+
+
+def _recorded_files(directory: Path) -> list[Path]:
+    """The files the manifest records (graphs, engines, native loop plans), which may lie in sub-folders; none
+    when it cannot be read (the command then fails on it)."""
+    try:
+        data = _load_json(directory / FILENAME)
+    except (ArtifactError, OSError):
+        return []
+    out = []
+    for section in ("graphs", "engines", "native_loops"):
+        entries = data.get(section) if isinstance(data, dict) else None
+        for name, entry in (entries.items() if isinstance(entries, dict) else ()):
+            file = entry.get("file") if isinstance(entry, dict) else None
+            if isinstance(file, str):
+                try:
+                    out.append(confined(directory, file, f"{section}.{name}"))
+                except ArtifactError:
+                    pass
+    return out
 
 
 # ---- typed records -------------------------------------------------------------------------------------
