@@ -6,6 +6,8 @@ No timing assertions: the numbers are printed by the bench; these tests check wh
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +162,69 @@ def test_cli_bench_prints_tables_and_writes_json(small_export, tmp_path):
     assert r.exit_code == 1 and "batch sizes must be" in r.output
     r = runner.invoke(main, ["bench", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def _program(path, body: str):
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_cpp_host_named_explicitly_must_be_an_executable(tmp_path, monkeypatch):
+    """--cpp or $WN_CPP_HOST naming something that cannot run is an error, never another program's rows."""
+    (tmp_path / "text").write_text("not a program")
+    good = _program(tmp_path / "wn_generate", "exit 0")
+    monkeypatch.delenv("WN_CPP_HOST", raising=False)
+    for bad in (tmp_path / "text", tmp_path, tmp_path / "missing"):
+        with pytest.raises(InputError, match="--cpp .* is not an executable file"):
+            bench.cpp_host(bad)
+        monkeypatch.setenv("WN_CPP_HOST", str(bad))
+        with pytest.raises(InputError, match="WN_CPP_HOST .* is not an executable file"):
+            bench.cpp_host()
+        assert bench.cpp_host(good) == good  # an explicit --cpp is taken before the variable
+    monkeypatch.setenv("WN_CPP_HOST", str(good))
+    assert bench.cpp_host() == good
+    monkeypatch.setenv("WN_CPP_HOST", "")  # set but empty: as if unset
+    assert bench.cpp_host() in (None, Path(bench.__file__).resolve().parents[2] / "hosts/cpp/build/wn_generate")
+
+
+REPORT = {"path": "native", "setup": "x", "split": "alone", "batch": 2, "samples": 512, "seconds": 0.01,
+          "samples_per_s": 51200.0, "step_ms_p50": 0.01, "step_ms_p99": 0.02}
+
+
+@pytest.mark.parametrize("stdout, why", [
+    ("", "nothing"), ("garbage", "not JSON"), ("[1, 2]", "not an object"),
+    (json.dumps({**REPORT, "samples_per_s": "fast"}), "a string rate"),
+    (json.dumps({**REPORT, "samples_per_s": -5.0}), "a negative rate"),
+    (json.dumps({**REPORT, "seconds": 0}), "no time"),
+    (json.dumps({**REPORT, "batch": 3}), "another batch"),
+    (json.dumps({**REPORT, "path": "onnxruntime", "step_ms_p50": None}), "not the native loop"),
+    (json.dumps({k: v for k, v in REPORT.items() if k != "step_ms_p99"}), "a missing field"),
+    ("NaN", "a bare NaN"),
+], ids=lambda v: v if " " in v or not v.startswith(("{", "[")) else None)
+def test_a_cpp_host_that_prints_garbage_is_one_error(tmp_path, stdout, why):
+    exe = _program(tmp_path / "wn_generate", f"cat <<'END'\n{stdout}\nEND")
+    row = bench._CppRow(bench.CPP, tmp_path, "step", "fp32", bench.HOST)
+    with pytest.raises(InputError, match="did not print a native loop report of 512 samples x 2 streams"):
+        bench._cpp_run(exe, row, 2, 512, "alone", None, tmp_path)
+    _program(exe, f"echo progress\necho '{json.dumps(REPORT)}'")  # the control: the last line is the report
+    assert bench._cpp_run(exe, row, 2, 512, "alone", None, tmp_path)["samples_per_s"] == 51200.0
+
+
+def test_a_cpp_host_that_hangs_or_fails_is_one_error(tmp_path, monkeypatch):
+    row = bench._CppRow(bench.CPP, tmp_path, "step", "fp32", bench.HOST)
+    monkeypatch.setattr(bench, "CPP_TIMEOUT", 0.5)
+    monkeypatch.setattr(bench, "CPP_SLACK", 0.0)
+    start = time.monotonic()
+    with pytest.raises(InputError, match="did not finish 512 samples x 2 streams in 0.5 s"):
+        bench._cpp_run(_program(tmp_path / "slow", "exec sleep 30"), row, 2, 512, "alone", None, tmp_path)
+    assert time.monotonic() - start < 10
+    with pytest.raises(InputError, match=r"the C\+\+ host failed: boom"):
+        bench._cpp_run(_program(tmp_path / "fails", "echo boom >&2; exit 3"), row, 2, 512, "alone", None, tmp_path)
+    from cli import main
+
+    r = CliRunner().invoke(main, ["bench", str(tmp_path), "--cpp", str(tmp_path / "fails"), "--no-cpp"])
+    assert r.exit_code == 2 and "give one of them" in r.output
 
 
 def test_the_package_row_times_wavenet_vocoder_itself(tmp_path):

@@ -996,3 +996,104 @@ def test_fuzzed_plan_files_never_crash_a_reader(asan, tree):
                 p.unlink()
     print(f"\nfuzzed plans: {outcomes[0]} accepted, {outcomes[1]} rejected with one line")
     assert outcomes[1] > PLAN_FUZZ_CASES // 2  # the mutations do reach the checks
+
+
+# ---- what a run asks for: options that cannot apply, buffers beyond the limits, plans beyond the files' -----------
+MISUSE_CASES = [  # (id, arguments after EXPORT_DIR, exit code, message)
+    ("split-with-no-native", ["--split", "rows", "--no-native"], 2,
+     "--split rows shares the native loop's steps, but it does not run here (--no-native)"),
+    ("split-with-tensorrt", ["--split", "alone", "--backend", "tensorrt"], 2, "(the tensorrt backend)"),
+    ("cuda-graph-with-onnxruntime", ["--cuda-graph"], 2, "--cuda-graph is a TensorRT option"),
+    ("engine-with-onnxruntime", ["--engine", "plain/step.onnx"], 2, "--engine is a TensorRT option"),
+    ("device-with-onnxruntime", ["--device", 1], 2, "--device is a TensorRT option"),
+]
+
+
+@pytest.mark.parametrize("name, args, code, message", MISUSE_CASES, ids=[c[0] for c in MISUSE_CASES])
+def test_an_option_that_cannot_apply_is_refused_not_ignored(asan, tree, name, args, code, message):
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "-n", 8, "-q", *args, code=code, message=message)
+
+
+def test_split_without_a_plan_is_refused(asan, tree):
+    m = tree.manifest()
+    del m["native_loops"]
+    tree.write_manifest(m)
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "-n", 8, "--split", "pipeline", code=2,
+             message="the manifest has no native loop plan for graph 'step'")
+    tree.run(asan / "wn_generate", "plain", "-o", "out/a.wav", "-n", 8, "-q", "--split", "auto", code=0,
+             owns=["out/a.wav"])
+
+
+def _address_space(limit: int):
+    """preexec_fn: the child may map at most `limit` bytes, so an allocation beyond the host's checks fails at once
+    (std::bad_alloc: "out of memory") instead of taking the machine's memory. Release build only: the sanitizers
+    reserve terabytes of address space."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _wide_head_plan(tree: Tree, H: int) -> None:
+    """The plain export's plan with a head of H hidden units (zeros, sparse: head_w1, head_b1, head_w2 grow, ≈84·H
+    bytes): consistent in itself, and H is no dimension of the manifest, so it is a valid plan whose loop needs
+    B·H floats of scratch per step."""
+    meta, tensors = _read_plan(tree.root / "plain" / PLAN)
+    meta = {**meta, "H": str(H)}
+    S, Q = int(meta["S"]), int(meta["Q"])
+    wide = {"head_w1": [-(-H // 16), S, 16], "head_b1": [H], "head_w2": [-(-Q // 16), H, 16]}
+    header, at, blobs = {}, 0, []
+    for name, dtype, shape, data in tensors:
+        if name in wide:
+            shape, data = wide[name], None
+        size = len(data) if data is not None else 4 * int(np.prod(shape))
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [at, at + size]}
+        blobs.append((data, size))
+        at += size
+    header["__metadata__"] = meta
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tree.root / "plain" / PLAN
+    digest = hashlib.sha256(struct.pack("<Q", len(text)) + text)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for data, size in blobs:
+            if data is None:
+                f.seek(size, os.SEEK_CUR)
+                for _ in range(size // (1 << 20)):
+                    digest.update(bytes(1 << 20))
+                digest.update(bytes(size % (1 << 20)))
+            else:
+                f.write(data)
+                digest.update(data)
+        f.truncate(f.tell())
+    m = tree.manifest()
+    m["native_loops"]["step"]["sha256"] = digest.hexdigest()
+    tree.write_manifest(m)
+
+
+def test_a_plan_whose_loop_needs_gigabytes_per_step_is_refused_before_allocating(host, tree):
+    """A 66 MB plan with a head of 786,432 hidden units runs at batch 1; at batch 4096 its loop would need 12 GiB
+    of scratch per step: refused by the size check (not by the allocator) before any file is created."""
+    _wide_head_plan(tree, 3 << 18)
+    tree.run(host / "wn_generate", "plain", "-o", "out/a.wav", "-n", 2, "-q", code=0, owns=["out/a.wav"],
+             preexec_fn=_address_space(4 << 30))
+    tree.run(host / "wn_generate", "plain", "-o", "out/a.wav", "-n", 2, "--batch", 4096, "-q", code=1,
+             message="the native loop's buffers need 12.0 GiB for 4096 streams", preexec_fn=_address_space(4 << 30))
+    tree.run(host / "wn_manifest_check", "plain", "--batch", 4096, code=1,
+             message="the native loop's buffers need 12.0 GiB for 4096 streams")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-native"], "the chunk buffer of 16 streams x 100000000 samples needs 11.9 GiB"),
+    ([], "the native loop's buffers need 35.8 GiB for 16 streams in chunks of 100000000 samples"),
+], ids=["per-step", "native"])
+def test_a_chunk_beyond_the_memory_limit_is_refused_before_allocating(host, tree, args, message):
+    tree.run(host / "wn_generate", "plain", "-o", "out/a.wav", "-n", 10**8, "--chunk", 10**8, "--batch", 16, "-q",
+             *args, code=1, message=message, preexec_fn=_address_space(4 << 30))
+
+
+def test_a_terabyte_plan_is_refused_before_it_is_hashed(asan, tree):
+    """A sparse file costs nothing to make; hashing 1 TiB would take the reader an hour."""
+    with open(tree.root / "plain" / PLAN, "r+b") as f:
+        f.truncate(1 << 40)
+    for exe, args, _ in _programs(asan, tree)[:2]:
+        tree.run(exe, *args, code=1, timeout=60,
+                 message="file step.native.safetensors: it is 1.0 TiB, more than the host reads (4.0 GiB")

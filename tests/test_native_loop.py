@@ -234,3 +234,66 @@ def test_rows_with_their_own_temperature_or_greedy_equal_their_own_generation(ex
                 runner.generate_block(first, out, u=u, temperature=bad)
         with pytest.raises(InputError, match="per-row temperatures"):
             runner.generate_block(first, out, u=None, temperature=temperatures)
+
+
+def test_temperatures_the_sampler_cannot_honour_are_refused_per_row_and_for_all(exports):
+    """Below 1e-6 (denormals too) the float64 draw degenerates (far below, logit / T overflows and every draw is
+    token 0), and infinity is no temperature: refused like `check_temperature` refuses them, before the loop runs
+    (the position does not move); 1e-6 itself, huge finite ones and greedy rows (0) beside them run."""
+    from reference_model.sampling import uniforms
+
+    manifest = read_manifest(exports["k2"])
+    Q, n = manifest.config.quantization_channels, 20
+    with OrtStepRunner(manifest) as runner:
+        runner.reset(3)
+        first = np.full(3, Q // 2, np.int64)
+        u = np.ascontiguousarray(uniforms(1, n, 3))
+        out = np.empty((n, 3), np.int64)
+        for bad in (1e-300, 5e-324, 1e-7, np.inf, -np.inf):
+            with pytest.raises(InputError, match="per-row temperatures must be"):
+                runner.generate_block(first, out, u=u, temperature=np.array([1.0, bad, 0.0]))
+            with pytest.raises(InputError, match="temperature must be a finite number >= 1e-06"):
+                runner.generate_block(first, out, u=u, temperature=bad)
+        assert runner.position == 0
+        assert runner.generate_block(first, out, u=u, temperature=np.array([1e-6, 1e300, 0.0]))
+        assert runner.generate_block(first, out, u=None, temperature=1e-300)  # greedy: no temperature is read
+        assert runner.position == 2 * n
+
+
+def test_arrays_the_loop_would_read_or_write_past_their_end_are_refused(exports):
+    """The loop reads and writes through data pointers: a reversed view as `out` was written past its end (the
+    allocator aborted: "free(): invalid pointer"); short or float32 uniforms, a short `first` or short conditioning
+    were read past theirs. Each is one InputError before the loop runs; the state does not move."""
+    from reference_model.sampling import uniforms
+
+    manifest = read_manifest(exports["conditioned"])
+    cfg = manifest.config
+    Q, C, n = cfg.quantization_channels, cfg.local_channels, 8
+    with OrtStepRunner(manifest) as runner:
+        runner.reset(2, np.array([0, 1]))
+        first = np.full(2, Q // 2, np.int64)
+        u = np.ascontiguousarray(uniforms(3, n, 2))
+        cond = np.zeros((2, C, n), np.float32)
+        out = np.empty((n, 2), np.int64)
+        bad = {
+            "out reversed": dict(out=np.empty((n, 2), np.int64)[::-1]),
+            "out strided": dict(out=np.empty((n, 4), np.int64)[:, ::2]),
+            "out int32": dict(out=np.empty((n, 2), np.int32)),
+            "out read-only": dict(out=np.broadcast_to(np.empty(2, np.int64), (n, 2))),
+            "u short": dict(u=u[:1]),
+            "u float32": dict(u=u.astype(np.float32)),
+            "u transposed": dict(u=np.asfortranarray(u)),
+            "first short": dict(first=first[:1]),
+            "cond short": dict(cond=cond[:, :, :n - 1]),
+            "cond channels": dict(cond=np.zeros((2, C + 1, n), np.float32)),
+            "cond float64": dict(cond=cond.astype(np.float64)),
+            "step_ns short": dict(step_ns=np.zeros(n - 1, np.int64)),
+        }
+        for what, change in bad.items():
+            args = {**dict(first=first, out=out, u=u, temperature=1.0, cond=cond), **change}
+            with pytest.raises(InputError, match="the native loop's"):
+                runner.generate_block(args.pop("first"), args.pop("out"), **args)
+            assert runner.position == 0, what
+        step_ns = np.zeros(n, np.int64)
+        assert runner.generate_block(first, out, u=u, cond=cond[:, :, ::-1], step_ns=step_ns)  # any element strides
+        assert runner.position == n and (step_ns > 0).all()

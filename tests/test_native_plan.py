@@ -6,6 +6,7 @@ tests/test_cpp_hostile.py (hostile files)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -133,6 +134,8 @@ def _edited(exports, tmp_path, edit) -> str:
     ("format", "is not one of wn-native-loop/1"),
     ("missing", "is missing"),
     ("not-an-object", "native_loops must be of type dict"),
+    ("5-GiB", "step.native.safetensors is 5.0 GiB, more than a native loop plan can be (4 GiB)"),  # not hashed
+    ("graph-1-TiB", "step.onnx is 1024.0 GiB, more than a self-contained ONNX model can be (2 GiB)"),  # not read
 ])
 def test_the_manifest_reader_checks_the_plan_record(exports, tmp_path, case, message):
     def edit(d, data):
@@ -150,6 +153,10 @@ def test_the_manifest_reader_checks_the_plan_record(exports, tmp_path, case, mes
             rec["format"] = "wn-native-loop/2"
         elif case == "missing":
             (d / rec["file"]).unlink()
+        elif case == "5-GiB":  # sparse files: nothing is written
+            os.truncate(d / rec["file"], 5 << 30)
+        elif case == "graph-1-TiB":
+            os.truncate(d / "step.onnx", 1 << 40)
         else:
             data["native_loops"] = []
     assert message in _edited(exports, tmp_path, edit)
@@ -162,3 +169,29 @@ def test_a_file_that_is_not_a_plan_is_refused(tmp_path):
     (tmp_path / "y.safetensors").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="is not a native loop plan"):
         native_plan.read(tmp_path / "y.safetensors")
+
+
+def test_files_the_manifest_keeps_in_sub_folders_are_inputs_no_output_may_replace(exports, tmp_path):
+    """A manifest may keep its plan and graphs in sub-folders: `--json` / `-o` onto one of them (here bench's, which
+    overwrote the plan) is refused before any work, like an output onto a top-level graph."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from wn_export.contract.manifest import export_files
+
+    d = shutil.copytree(exports["k2"], tmp_path / "exp")
+    data = json.loads((d / "manifest.json").read_text())
+    (d / "plans").mkdir()
+    rec = data["native_loops"]["step"]
+    (d / rec["file"]).rename(d / "plans" / rec["file"])
+    rec["file"] = f"plans/{rec['file']}"
+    (d / "manifest.json").write_text(json.dumps(data))
+    plan = d / rec["file"]
+    before = plan.read_bytes()
+    assert plan in export_files(d) and read_manifest(d).native_loops["step"].path == plan
+    r = CliRunner().invoke(main, ["bench", str(d), "--batch", "1", "--seconds", "0.01", "--rounds", "1",
+                                  "--no-scoring", "--no-cpp", "--json", str(plan)])
+    assert r.exit_code == 1 and "is also an input of this command" in r.output, r.output
+    assert plan.read_bytes() == before
+    (d / "manifest.json").write_text("{not json")  # unreadable: the top-level files only, and no error here
+    assert set(export_files(d)) == {d / "manifest.json", *(p for p in d.iterdir() if p.suffix in (".onnx", ".safetensors"))}

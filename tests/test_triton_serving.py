@@ -10,6 +10,7 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,6 +358,104 @@ def test_cli_refuses_bad_requests_with_one_line_and_writes_nothing(exports, tmp_
     assert r.exit_code == 1 and "has no python-backend model" in r.output and "Traceback" not in r.output
 
 
+def _tree(root):
+    """Every file under root with its bytes' sha256 (what a command must leave alone)."""
+    from wn_export.contract.manifest import sha256
+
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_what_the_command_reads_or_what_is_no_repository(exports, tmp_path):
+    """--overwrite replaces OUTPUT whole: OUTPUT may not hold the export directory (or the triton host's
+    checkpoint), and an existing OUTPUT must be a model repository. Refused before any work, nothing left."""
+    parent = tmp_path / "parent"
+    shutil.copytree(exports["ring"], parent / "exp")
+    (parent / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    for output in (parent, tmp_path):
+        r = _run("triton", parent / "exp", "-o", output, "--models", "generate", "--overwrite")
+        assert r.exit_code == 1 and "which this command reads: --overwrite would delete it" in r.output, r.output
+        assert _tree(tmp_path) == before
+    checkpoint = tmp_path / "ckpt" / "m.safetensors"
+    shutil.copytree(exports["ring"], tmp_path / "exp2")
+    checkpoint.parent.mkdir()
+    shutil.copy(json.loads((exports["ring"] / "manifest.json").read_text())["source"]["checkpoint"], checkpoint)
+    before = _tree(tmp_path)
+    r = _run("triton", tmp_path / "exp2", "-o", tmp_path / "ckpt", "--models", "generate", "--overwrite",
+             "--generation-backend", "triton", "--checkpoint", checkpoint)
+    assert r.exit_code == 1 and "holds" in r.output and "m.safetensors" in r.output, r.output
+    assert _tree(tmp_path) == before
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "data.bin").write_bytes(b"x")
+    before = _tree(tmp_path)
+    r = _run("triton", tmp_path / "exp2", "-o", tmp_path / "plain", "--models", "generate", "--overwrite")
+    assert r.exit_code == 1 and "refusing to replace" in r.output and "data.bin is neither README.md" in r.output
+    assert _tree(tmp_path) == before and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "exp2", "parent", "plain"]  # no staging left
+    r = _run("triton", tmp_path / "exp2", "-o", tmp_path / "repo", "--models", "generate")
+    assert r.exit_code == 0, r.output
+    r = _run("triton", tmp_path / "exp2", "-o", tmp_path / "repo", "--models", "generate", "--overwrite")
+    assert r.exit_code == 0, r.output  # a repository it wrote is replaced
+
+
+@pytest.mark.parametrize("output, message", [
+    ("x" * 300, "longer than the file system allows"),
+    ("/proc/repo", "cannot write /proc/repo"),
+    ("file/repo", "is not a directory"),
+], ids=["name-too-long", "unwritable", "below-a-file"])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(exports, tmp_path, monkeypatch, output, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    r = _run("triton", exports["ring"], "-o", output, "--models", "generate")
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_manifest_files_in_sub_folders_are_copied(exports, tmp_path):
+    """A manifest may keep its files in sub-folders of the directory; the generate model's copy keeps them there
+    and reads as the original does."""
+    d = shutil.copytree(exports["ring"], tmp_path / "exp")
+    data = json.loads((d / "manifest.json").read_text())
+    (d / "plans").mkdir()
+    rec = data["native_loops"]["step"]
+    (d / rec["file"]).rename(d / "plans" / rec["file"])
+    rec["file"] = f"plans/{rec['file']}"
+    (d / "graphs").mkdir()
+    (d / "step.onnx").rename(d / "graphs" / "step.onnx")
+    data["graphs"]["step"]["file"] = "graphs/step.onnx"
+    (d / "manifest.json").write_text(json.dumps(data))
+    r = _run("triton", d, "-o", tmp_path / "repo", "--models", "generate")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    copy = read_manifest(tmp_path / "repo" / "generate" / "1" / "export")
+    assert copy.native_loops["step"].path.read_bytes() == (d / rec["file"]).read_bytes()
+    assert copy.graph("step").path.read_bytes() == (d / "graphs" / "step.onnx").read_bytes()
+
+
+def test_a_moved_checkpoint_is_given_with_checkpoint(exports, tmp_path):
+    """The triton generation host's checkpoint: the recorded one, or --checkpoint (of the manifest's config) when it
+    moved; --checkpoint where no triton host runs is an error."""
+    from wn_export.backends.torch_ref import recorded_checkpoint
+
+    d = shutil.copytree(exports["ring"], tmp_path / "exp")
+    moved = shutil.copy(recorded_checkpoint(read_manifest(d)), tmp_path / "moved.safetensors")
+    data = json.loads((d / "manifest.json").read_text())
+    data["source"]["checkpoint"] = str(tmp_path / "gone.safetensors")
+    (d / "manifest.json").write_text(json.dumps(data))
+    args = ["triton", d, "--models", "generate", "--generation-backend", "triton"]
+    r = _run(*args, "-o", tmp_path / "no")
+    assert r.exit_code == 1 and "pass it with --checkpoint" in r.output
+    r = _run(*args, "-o", tmp_path / "repo", "--checkpoint", moved)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "repo" / "generate" / "1" / "export" / "checkpoint.safetensors").read_bytes() == \
+        Path(moved).read_bytes()
+    other = json.loads((exports["cond"] / "manifest.json").read_text())["source"]["checkpoint"]
+    r = _run(*args, "-o", tmp_path / "no", "--checkpoint", other)
+    assert r.exit_code == 1 and "has a different config" in r.output
+    r = _run("triton", d, "--models", "generate", "-o", tmp_path / "no", "--checkpoint", moved)
+    assert r.exit_code == 1 and "it needs --generation-backend triton" in r.output
+    assert not (tmp_path / "no").exists()
+
+
 # ---- the stream batcher, in process -----------------------------------------------------------------------
 class _Collect:
     def __init__(self):
@@ -530,6 +629,28 @@ def test_a_broken_sink_ends_only_its_own_stream(exports):
         want = gen.generate(300, batch=3, seed=3)
     for i in (0, 2):
         assert sinks[i].error is None and np.array_equal(sinks[i].values, want[i])
+
+
+def test_the_client_checks_its_output_first_and_what_the_server_sends(tmp_path, monkeypatch):
+    """triton-client: an output it could not write is refused before the request (not after the stream); a server
+    that sends more samples than asked, or audio of another shape, is a ServingError (the WAV is not written)."""
+    from reference_model.errors import OutputError
+    from wn_export.serving import client
+    from wn_export.serving.client import Chunk, ServingError, generate_wav
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(client, "sample_rate", lambda *a, **k: pytest.fail("the server was asked first"))
+    with pytest.raises(OutputError, match="is not a directory"):
+        generate_wav("grpc://127.0.0.1:9", tmp_path / "file" / "a.wav", 10)
+    r = _run("triton-client", "grpc://127.0.0.1:9", "-n", 10, "-o", tmp_path / "file" / "a.wav")
+    assert r.exit_code == 1 and "is not a directory" in r.output and "Traceback" not in r.output
+    monkeypatch.setattr(client, "sample_rate", lambda *a, **k: 16000)
+    for chunks in ([Chunk(0, np.zeros(8, np.float32), None), Chunk(8, np.zeros(8, np.float32), None)],
+                   [Chunk(0, np.zeros((2, 5), np.float32), None)]):
+        monkeypatch.setattr(client, "_grpc", lambda *a, chunks=chunks: iter(chunks))
+        with pytest.raises(ServingError, match="does not fit the 10 samples asked for"):
+            generate_wav("grpc://127.0.0.1:9", tmp_path / "a.wav", 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_service_rejects_malformed_inputs_with_one_message(exports):
@@ -742,7 +863,8 @@ def test_malformed_requests_get_an_error_and_never_hang(server):
     for url in (server.grpc_url, server.http_url):
         assert "samples must lie in [1, 9,600,000]" in error(url, samples=10**8)
         assert "unknown sampling method 'beam'" in error(url, method="beam")
-        assert "temperature must be a finite number >= 1e-06" in error(url, temperature=-1.0)
+        for temperature in (-1.0, 1e-300, 5e-324, float("nan"), float("inf")):
+            assert "temperature must be a finite number >= 1e-06" in error(url, temperature=temperature), temperature
         assert "speaker ids must lie in [0, 2]" in error(url, "cond_generate", speaker=7,
                                                          conditioning=np.zeros((3, 25), np.float32))
         assert "needs a speaker id" in error(url, "cond_generate", conditioning=np.zeros((3, 25), np.float32))

@@ -355,6 +355,8 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
     from reference_model.atomic import atomic_write_bytes
     from wn_export.bench.run import parse_batches, parse_layouts, run_bench
 
+    if cpp is not None and no_cpp:
+        raise click.UsageError("--cpp names the C++ host to measure, --no-cpp measures none: give one of them")
     batch_sizes, layout_names = parse_batches(batches), parse_layouts(layouts, directory)
     _check_output(json_path, *(_export_inputs(directory) if directory else ()))
     err = Console(stderr=True)
@@ -395,10 +397,13 @@ def bench(directory: Path | None, batches: str, seconds: float, rounds: int, thr
 @click.option("--prefix", default="", help="Prefix of the model names (several exports in one server).")
 @click.option("--python-env", default="auto", show_default=True,
               help="EXECUTION_ENV_PATH of the generation model: auto (this virtual environment), none, or a path.")
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--generation-backend triton: its weights, when the checkpoint the manifest records has moved "
+              "(of the manifest's config).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing repository at OUTPUT.")
 def triton(directory: Path, output: Path, backend: str, models: str, max_batch, instances: int, kind, precision: str,
            max_streams: int, chunk: int, max_samples: int, threads, generation_backend: str, prefix: str,
-           python_env: str, overwrite: bool):
+           python_env: str, checkpoint: Path | None, overwrite: bool):
     """Write a Triton Inference Server model repository for the export in DIRECTORY."""
     from wn_export.serving.triton_repo import Options, parse_models, write_repository
 
@@ -406,7 +411,7 @@ def triton(directory: Path, output: Path, backend: str, models: str, max_batch, 
                    precision=precision, kind=kind, prefix=prefix, max_streams=max_streams, chunk=chunk,
                    max_samples=max_samples, threads=threads, generation_backend=generation_backend,
                    python_env=python_env)
-    repo = write_repository(directory, output, opts, overwrite=overwrite)
+    repo = write_repository(directory, output, opts, overwrite=overwrite, checkpoint=checkpoint)
     for config in sorted(repo.glob("*/config.pbtxt")):
         click.echo(str(config))
     click.echo(str(repo / "README.md"))
@@ -434,6 +439,7 @@ def triton_client(url: str, samples: int, output: Path, model: str, seed, method
     from wn_export.generation.generator import load_features
     from wn_export.serving.client import generate_wav
 
+    _check_output(output, cond_path)
     start = time.perf_counter()
     generate_wav(url, output, samples, model=model, timeout=timeout, seed=seed, method=method, temperature=temperature,
                  speaker=speaker, conditioning=load_features(cond_path), streams=streams, stream_index=stream_index)

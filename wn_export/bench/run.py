@@ -61,6 +61,8 @@ HOST = "onnxruntime"  # our host as users get it (the default step graph)
 W16 = "onnxruntime (w16)"  # the same host on step.w16 (16-bit weights)
 STANDARD = "onnxruntime (standard ops)"
 CPP = "C++ wn_generate"  # the C++ host (hosts/cpp) on the same export: its native loop
+CPP_TIMEOUT, CPP_SLACK, CPP_MIN_RATE = 120.0, 10.0, 100.0  # a run's limit: 120 s + 10x its expected length (at
+# the rate its warm-up run measured; for the warm-up itself, at least 100 samples/s per stream)
 
 
 from wn_export.bench.baseline_r9y9 import R9y9Incremental  # noqa: E402 - the baseline (its own module)
@@ -389,12 +391,16 @@ def _open_hosts(dirs: dict, main_layout: str, threads: int | None) -> list[_Host
 
 def cpp_host(explicit=None) -> Path | None:
     """The C++ host's wn_generate: `explicit`, else $WN_CPP_HOST, else hosts/cpp/build/wn_generate of the source
-    tree when it has been built; None when there is none."""
-    for candidate in (explicit, os.environ.get("WN_CPP_HOST"),
-                      Path(__file__).resolve().parents[2] / "hosts" / "cpp" / "build" / "wn_generate"):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+    tree when it has been built; None when there is none. A program named explicitly (either way) that is not an
+    executable file is an error: the rows would otherwise measure another one."""
+    for candidate, named in ((explicit, "--cpp"), (os.environ.get("WN_CPP_HOST") or None, "WN_CPP_HOST")):
+        if candidate is not None:
+            if not (Path(candidate).is_file() and os.access(candidate, os.X_OK)):
+                raise InputError(f"{named} {str(candidate)[:200]} is not an executable file (the C++ host's "
+                                 "wn_generate: bash hosts/cpp/build.sh)")
             return Path(candidate)
-    return None
+    built = Path(__file__).resolve().parents[2] / "hosts" / "cpp" / "build" / "wn_generate"
+    return built if built.is_file() and os.access(built, os.X_OK) else None
 
 
 @dataclass
@@ -407,6 +413,7 @@ class _CppRow:
     weights: str  # fp32 | w16
     python: str  # the Python host row whose calibrated split it uses
     samples: dict = field(default_factory=dict)  # batch → samples per run (≈ the timer's seconds)
+    rates: dict = field(default_factory=dict)  # batch → samples/s per stream of its warm-up run
 
 
 def _cpp_rows(exe: Path | None, dirs: dict, main_layout: str, cfg) -> list[_CppRow]:
@@ -427,18 +434,45 @@ def _cpp_rows(exe: Path | None, dirs: dict, main_layout: str, cfg) -> list[_CppR
             if graph in plans]
 
 
-def _cpp_run(exe: Path, row: _CppRow, B: int, n: int, split: str, speakers, work: Path) -> dict:
-    """One wn_generate process → its --json report."""
+def _cpp_run(exe: Path, row: _CppRow, B: int, n: int, split: str, speakers, work: Path,
+             rate: float = CPP_MIN_RATE) -> dict:
+    """One wn_generate process → its --json report (`rate`: the samples/s per stream it is expected to run at)."""
     import subprocess
 
     args = [str(exe), str(row.directory), "-o", str(work / "out.wav"), "-n", str(n), "--batch", str(B), "--graph",
             row.graph, "--seed", "0", "--split", split, "--json", "-q"]
     if speakers is not None:
         args += ["--speaker", ",".join(str(int(s)) for s in speakers)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
+    limit = CPP_TIMEOUT + CPP_SLACK * n / max(rate, CPP_MIN_RATE)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"the C++ host {exe} did not finish {n:,} samples x {B} streams in {limit:.3g} s") from None
+    except OSError as e:
+        raise InputError(f"the C++ host {exe} cannot run: {e.strerror}") from None
     if proc.returncode != 0:
-        raise InputError(f"the C++ host failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise InputError(f"the C++ host failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    return _cpp_report(exe, proc.stdout, B, n)
+
+
+def _cpp_report(exe: Path, stdout: str, B: int, n: int) -> dict:
+    """wn_generate --json's last line, checked: the numbers the rows are made of (else one error naming it)."""
+    lines = stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+
+    def number(key, low=0.0):
+        v = report.get(key)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > low
+    if not isinstance(report, dict) or report.get("path") != "native" or report.get("batch") != B \
+            or report.get("samples") != n or not (number("seconds") and number("samples_per_s")
+                                                  and number("step_ms_p50", -1) and number("step_ms_p99", -1)):
+        shown = (lines[-1] if lines else "nothing")[:120]
+        raise InputError(f"the C++ host {exe} did not print a native loop report of {n:,} samples x {B} streams "
+                         f"(wn_generate --json), but {shown!r}")
+    return report
 
 
 def _cpp_round(exe: Path, row: _CppRow, B: int, split: str, speakers, seconds: float, steps: int) -> dict:
@@ -448,7 +482,8 @@ def _cpp_round(exe: Path, row: _CppRow, B: int, split: str, speakers, seconds: f
         if B not in row.samples:
             warm = _cpp_run(exe, row, B, 512, split, speakers, Path(work))
             row.samples[B] = int(min(max(steps, warm["samples_per_s"] * seconds), (1 << 31) - 32))
-        return _cpp_run(exe, row, B, row.samples[B], split, speakers, Path(work))
+            row.rates[B] = warm["samples_per_s"]
+        return _cpp_run(exe, row, B, row.samples[B], split, speakers, Path(work), row.rates[B])
 
 
 def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float, rnd: int) -> list[Floor]:

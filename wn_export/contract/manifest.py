@@ -49,6 +49,8 @@ MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
 MAX_DIM = 1 << 31  # any static dimension or ring number above this is refused
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "float64")
 NATIVE_LOOP_FORMAT = "wn-native-loop/1"  # the plan file's format (backends/onnxruntime/native_plan.py)
+MAX_GRAPH_BYTES = 2 << 30  # protobuf's limit: a larger ONNX model needs external data, which is refused
+MAX_PLAN_BYTES = 4 << 30  # a native loop plan (the C++ host's wn::limits::kMaxPlanBytes)
 
 
 def sha256(path: Path) -> str:
@@ -99,7 +101,27 @@ def export_files(directory) -> list[Path]:
         return []
     return [directory / FILENAME, *(p for p in directory.iterdir()
                                     if p.suffix in (".onnx", ".engine", ".bin", ".data", ".safetensors")
-                                    and p.is_file())]
+                                    and p.is_file()), *_recorded_files(directory)]
+
+
+def _recorded_files(directory: Path) -> list[Path]:
+    """The files the manifest records (graphs, engines, native loop plans), which may lie in sub-folders; none
+    when it cannot be read (the command then fails on it)."""
+    try:
+        data = _load_json(directory / FILENAME)
+    except (ArtifactError, OSError):
+        return []
+    out = []
+    for section in ("graphs", "engines", "native_loops"):
+        entries = data.get(section) if isinstance(data, dict) else None
+        for name, entry in (entries.items() if isinstance(entries, dict) else ()):
+            file = entry.get("file") if isinstance(entry, dict) else None
+            if isinstance(file, str):
+                try:
+                    out.append(confined(directory, file, f"{section}.{name}"))
+                except ArtifactError:
+                    pass
+    return out
 
 
 # ---- typed records -------------------------------------------------------------------------------------
@@ -368,12 +390,22 @@ def _native_loop(directory: Path, name: str, obj: Any, where: str, graphs: dict)
 
 def verify_native_loop(record: NativeLoopRecord, graph: GraphRecord) -> None:
     """The plan file's sha256 must be the manifest's, and it must have been derived from the graph as it is."""
+    _bounded(record.path, record.file, MAX_PLAN_BYTES, "a native loop plan")
     if sha256(record.path) != record.sha256:
         raise ArtifactError(f"{record.file} does not match the manifest's sha256: the plan was modified or replaced "
                             "after export; re-export the directory")
     if record.graph_sha256 != graph.sha256:
         raise ArtifactError(f"{record.file} was derived from another {graph.file} than the manifest's; re-export the "
                             "directory")
+
+
+def _bounded(path: Path, file: str, limit: int, what: str) -> None:
+    """Refuse a file larger than `limit` before it is read or hashed (a sparse file of terabytes is cheap to make
+    and would take hours, or all memory)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise ArtifactError(f"{file} is {size / (1 << 30):.1f} GiB, more than {what} can be "
+                            f"({limit / (1 << 30):.0f} GiB); re-export the directory")
 
 
 def _no_constant(name: str):
@@ -479,6 +511,7 @@ def _first_difference(want, got, where: str) -> str | None:
 def verify_graph(graph: GraphRecord) -> None:
     """The graph file's sha256 must be the manifest's, and its weights must be inside it: a graph that
     loads external data (`weights.bin` beside it) is refused, as those bytes are covered by no hash."""
+    _bounded(graph.path, graph.file, MAX_GRAPH_BYTES, "a self-contained ONNX model")
     data = graph.path.read_bytes()
     if hashlib.sha256(data).hexdigest() != graph.sha256:
         raise ArtifactError(f"{graph.file} does not match the manifest's sha256: the graph was "

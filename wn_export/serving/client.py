@@ -66,6 +66,9 @@ def stream(url: str, samples: int, *, model: str = "generate", timeout: float = 
     for chunk in chunks:
         if chunk.offset != received:
             raise ServingError(f"{url}: chunk at sample {chunk.offset} where {received} was expected")
+        if np.ndim(chunk.audio) != 1 or received + len(chunk.audio) > samples:
+            raise ServingError(f"{url}: a chunk of shape {list(np.shape(chunk.audio))} at sample {received:,} does not "
+                               f"fit the {samples:,} samples asked for")
         received += len(chunk.audio)
         yield chunk
     if received != samples:
@@ -178,11 +181,13 @@ def sample_rate(url: str, model: str = "generate", timeout: float = 10.0) -> int
 def generate_wav(url: str, output: Path, samples: int, *, model: str = "generate", timeout: float = 60.0,
                  progress=None, **options) -> Path:
     """Stream one request into a WAV file (written atomically once every sample has arrived)."""
+    from reference_model.files import check_output
     from wn_export.generation.audio import write_wav
 
     output = Path(output)
     if output.suffix.lower() != ".wav":
         raise InputError(f"output must be a .wav file (got {output})")
+    check_output(output)  # writable, a legal name, not a directory: before the stream, not after it
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
         raise InputError(f"samples must be an integer in [1, {MAX_SAMPLES:,}] (got {samples!r})")
     rate = sample_rate(url, model, timeout)

@@ -84,7 +84,7 @@ def parse_models(text: str) -> tuple[str, ...]:
     return names
 
 
-def _check(manifest: Manifest, opts: Options) -> None:
+def _check(manifest: Manifest, opts: Options, checkpoint: Path | None = None) -> None:
     if opts.backend not in PLATFORMS:
         raise InputError(f"unknown Triton backend {opts.backend!r} (choose from {', '.join(PLATFORMS)})")
     if opts.precision not in ("fp32", "fp16"):
@@ -107,14 +107,18 @@ def _check(manifest: Manifest, opts: Options) -> None:
                              f"output back as the next input), but {manifest.directory} has the {step.layout} layout: "
                              f"re-export with `wn-export onnx --state-layout full -o DIR`, or leave the step model "
                              f"out (--models generate,scoring)")
+    if checkpoint is not None and not ("generate" in opts.models and opts.generation_backend == "triton"):
+        raise InputError("--checkpoint gives the triton generation host its weights: it needs --generation-backend "
+                         "triton and the generate model")
     if "generate" in opts.models:
         manifest.graph("step")  # the generation host runs the FP32 step graph
-        _check_generation_backend(manifest, opts.generation_backend)
+        _check_generation_backend(manifest, opts.generation_backend, checkpoint)
 
 
-def _check_generation_backend(manifest: Manifest, backend: str) -> None:
+def _check_generation_backend(manifest: Manifest, backend: str, checkpoint: Path | None = None) -> None:
     """What the generation host needs and the repository copies: tensorrt, the FP32 step engine (its file
-    unchanged); triton, a model the kernel runs and its checkpoint (present, unchanged since the export)."""
+    unchanged); triton, a model the kernel runs and its checkpoint (present, unchanged since the export; or
+    `checkpoint`, of the manifest's config)."""
     from wn_export.serving.service import GENERATION_BACKENDS
 
     if backend not in GENERATION_BACKENDS:
@@ -124,11 +128,14 @@ def _check_generation_backend(manifest: Manifest, backend: str) -> None:
 
         engine_record(manifest, "step")
     if backend == "triton":
-        from wn_export.backends.torch_ref import recorded_checkpoint
+        from wn_export.backends.torch_ref import recorded_checkpoint, reference_model_for
         from wn_export.backends.triton.layout import check_supported
 
         check_supported(manifest.config)
-        recorded_checkpoint(manifest)
+        if checkpoint is None:
+            recorded_checkpoint(manifest)
+        else:
+            reference_model_for(manifest, checkpoint)  # loads it: a file of the manifest's config
 
 
 def _graph_and_file(manifest: Manifest, kind: str, opts: Options) -> tuple[GraphRecord, Path, int]:
@@ -340,23 +347,25 @@ def sequence_step_graph(graph: GraphRecord):
     return model
 
 
-def write_repository(directory, output, opts: Options = Options(), *, overwrite: bool = False) -> Path:
-    """Write the repository at `output` (atomically: assembled beside it, then renamed). Returns `output`."""
+def write_repository(directory, output, opts: Options = Options(), *, overwrite: bool = False,
+                     checkpoint: Path | None = None) -> Path:
+    """Write the repository at `output` (atomically: assembled beside it, then renamed). Returns `output`.
+    `checkpoint`: the triton generation host's weights, instead of the checkpoint the manifest records."""
+    from reference_model.files import check_output
+
     manifest = read_manifest(directory)
-    _check(manifest, opts)
+    _check(manifest, opts, checkpoint)
     output = Path(output)
+    check_output(output, directory=True)  # a directory if it exists, legal names, writable: before any work
     if output.exists() and not overwrite:
         raise InputError(f"{output} exists: choose a new directory or pass --overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output} is not a directory")
-    if Path(directory).resolve() in (output.resolve(), *output.resolve().parents):
-        raise InputError(f"{output} lies inside the export directory {directory}: choose another place")
+    _check_place(manifest, output, opts, checkpoint)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         written = []
         if "generate" in opts.models:
-            written.append(_write_generate(manifest, tmp, opts))
+            written.append(_write_generate(manifest, tmp, opts, checkpoint))
         if "step" in opts.models:
             written.append(_write_step(manifest, tmp, opts))
         if "scoring" in opts.models:
@@ -368,6 +377,29 @@ def write_repository(directory, output, opts: Options = Options(), *, overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output
+
+
+def _check_place(manifest: Manifest, output: Path, opts: Options, checkpoint: Path | None) -> None:
+    """The repository may neither lie inside the export directory nor hold it or a file the command reads (it
+    replaces what is there); an existing directory it replaces must be a model repository."""
+    out = output.resolve()
+    export = manifest.directory.resolve()
+    if export == out or export in out.parents:
+        raise InputError(f"{output} lies inside the export directory {manifest.directory}: choose another place")
+    inputs = [export]
+    if opts.generation_backend == "triton" and "generate" in opts.models:
+        from wn_export.backends.torch_ref import recorded_checkpoint
+
+        inputs.append(recorded_checkpoint(manifest, checkpoint).resolve())
+    for path in inputs:
+        if out in path.parents:
+            raise InputError(f"{output} holds {path}, which this command reads: --overwrite would delete it; "
+                             "choose another place")
+    if output.is_dir():
+        for entry in sorted(output.iterdir()):
+            if entry.name != "README.md" and not (entry.is_dir() and (entry / "config.pbtxt").is_file()):
+                raise InputError(f"refusing to replace {output}: it is not a model repository ({entry.name} is "
+                                 "neither README.md nor a model folder with config.pbtxt); choose another place")
 
 
 def _replace(tmp: Path, output: Path) -> None:
@@ -386,24 +418,28 @@ def _model_dir(root: Path, cfg) -> Path:
     return root / cfg.name
 
 
-def _write_generate(manifest: Manifest, root: Path, opts: Options):
+def _write_generate(manifest: Manifest, root: Path, opts: Options, checkpoint: Path | None = None):
     cfg = generate_config(manifest, opts)
     model = _model_dir(root, cfg)
     shutil.copyfile(Path(__file__).parent / "models" / "generate_model.py", model / "1" / "model.py")
     export = model / "1" / "export"
     export.mkdir()
-    shutil.copyfile(manifest.directory / "manifest.json", export / "manifest.json")
-    for graph in manifest.graphs.values():
-        shutil.copyfile(graph.path, export / graph.file)
+    files = {"manifest.json": manifest.directory / "manifest.json"}  # name in the copy → source
+    files.update({graph.file: graph.path for graph in manifest.graphs.values()})
     engine = manifest.engines.get("step")
     if opts.generation_backend in ("auto", "tensorrt") and engine is not None and engine.path.is_file():
-        shutil.copyfile(engine.path, export / engine.file)  # auto: the host may take it where a GPU is visible
+        files[engine.file] = engine.path  # auto: the host may take it where a GPU is visible
+    files.update({plan.file: plan.path for plan in manifest.native_loops.values()})  # recorded: the copy needs them
     if opts.generation_backend == "triton":
         from wn_export.backends.torch_ref import recorded_checkpoint
 
-        shutil.copyfile(recorded_checkpoint(manifest), export / CHECKPOINT)
-    for plan in manifest.native_loops.values():  # the manifest records them: the copy needs them too
-        shutil.copyfile(plan.path, export / plan.file)
+        if CHECKPOINT in files:
+            raise ArtifactError(f"{manifest.directory}/manifest.json records a file named {CHECKPOINT}, the name "
+                                "the repository gives the triton host's checkpoint; re-export the directory")
+        files[CHECKPOINT] = recorded_checkpoint(manifest, checkpoint)
+    for name, source in files.items():  # manifest paths may name sub-folders (confined to the directory)
+        (export / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, export / name)
     return cfg
 
 

@@ -47,7 +47,8 @@ line on stderr says which path runs.
       --threads N         ONNX Runtime intra-op threads (default: min(2, cores), as the Python host)
       --no-native         step the graph through ONNX Runtime even when the manifest has a native loop plan
       --split WAY         native loop: how a step is shared with the helper thread: alone, pipeline, rows or
-                          auto (default: one usable core → alone; batch <= 16 → pipeline; else rows)
+                          auto (default: one usable core → alone; batch <= 16 → pipeline; else rows); a
+                          usage error when the native loop does not run
       --json              print one JSON line on stdout: the path, the split, samples/s, step time p50/p99
       --chunk N           samples per stream per write (default 4000)
       --no-verify         skip the sha256 check of the graph files
@@ -157,6 +158,10 @@ int run(int argc, char** argv) {
   if (split_arg != "auto" && split_arg != "alone" && split_arg != "pipeline" && split_arg != "rows")
     throw cli::Usage("--split must be auto, alone, pipeline or rows (got '" + split_arg + "')");
   const std::string backend_name = args.get("--backend", "onnxruntime");
+  if (backend_name != "tensorrt")
+    for (const char* option : {"--engine", "--cuda-graph", "--device"})
+      if (args.has(option))
+        throw cli::Usage(std::string(option) + " is a TensorRT option; it needs --backend tensorrt");
   args.integer("--threads", 0, 0, wn::limits::kMaxThreads);  // checked here too: the native loop never reads it
 
   // ---- the manifest, validated for this batch
@@ -247,6 +252,8 @@ int run(int argc, char** argv) {
   if (!ort) why = "the " + backend_name + " backend";
   else if (args.has("--no-native")) why = "--no-native";
   else if (!native) why = "the manifest has no native loop plan for graph '" + graph.name + "'";
+  if (!why.empty() && split_arg != "auto")  // never ignored: the run would not be the one asked for
+    throw cli::Usage("--split " + split_arg + " shares the native loop's steps, but it does not run here (" + why + ")");
   std::unique_ptr<wn::NativePlan> loop;
   wn::LoopSplit split = wn::LoopSplit::Alone;
   if (why.empty()) {
@@ -262,6 +269,9 @@ int run(int argc, char** argv) {
     runner = backend->open_step(graph);
     setup = backend->name() + " per step (" + why + ")";
   }
+  const int64_t width = std::min(opt.chunk, samples);  // the buffers of a chunk, checked before any file is created
+  if (loop) wn::check_loop_bytes(*loop, batch, width, args.has("--json"));
+  else wn::check_chunk_bytes(batch, width);
   if (!quiet) std::fprintf(stderr, "wn_generate: %s\n", setup.c_str());
 
   // ---- stream to one WAV per stream (+ tokens), each under a temporary name until the end

@@ -17,7 +17,7 @@ Check EXPORT_DIR/manifest.json as wn_generate and wn_score read it, without load
 types, every number against the graph layout and the host's limits, graph, engine and native loop plan
 files confined to EXPORT_DIR, sha256 of the graph and plan files, each step graph's buffers for --batch
 streams, and each native loop plan as wn_generate reads it (every tensor's dtype and shape, the dimensions
-against the graph, finite values). Prints one line per graph and plan; exit 0 when valid, 1 with one error
+against the graph, finite values, its loop's buffers for --batch streams). Prints one line per graph and plan; exit 0 when valid, 1 with one error
 line otherwise.
 
   -b, --batch B    streams to plan the step graphs for (default 1, at most 4096)
@@ -59,9 +59,11 @@ int run(int argc, char** argv) {
     if (!args.has("--quiet")) std::printf("engine %s: %s\n", name.c_str(), e.file.c_str());
   for (const auto& [name, info] : m.native) {
     const wn::NativePlan plan = wn::read_native_plan(info, m.graph(name), m.model);
+    const int64_t bytes = wn::check_loop_bytes(plan, batch, 1, false);  // as wn_generate --batch B checks it
     if (!args.has("--quiet"))
-      std::printf("native loop %s: %s (%s weights, %s streamed per step)\n", name.c_str(), info.file.c_str(),
-                  plan.weights.c_str(), wn::human_bytes(plan.weight_bytes()).c_str());
+      std::printf("native loop %s: %s (%s weights, %s streamed per step, %s of buffers at batch %lld)\n",
+                  name.c_str(), info.file.c_str(), plan.weights.c_str(), wn::human_bytes(plan.weight_bytes()).c_str(),
+                  wn::human_bytes(bytes).c_str(), static_cast<long long>(batch));
   }
   return 0;
 }

@@ -87,6 +87,16 @@ int16_t to_pcm16(float x) {
 }
 
 // ---- generation -------------------------------------------------------------------------------------
+int64_t check_chunk_bytes(int64_t batch, int64_t width) {
+  const std::string what = "the chunk buffer";
+  const int64_t bytes = checked_mul(checked_mul(batch, width, what), 8, what);  // (batch, width) int64
+  if (bytes > limits::kMaxTensorBytes)
+    throw Error(what + " of " + std::to_string(batch) + " streams x " + std::to_string(width) + " samples needs " +
+                human_bytes(bytes) + ", more than the host allocates (" + human_bytes(limits::kMaxTensorBytes) +
+                ", wn::limits::kMaxTensorBytes; use a smaller --chunk)");
+  return bytes;
+}
+
 void generate(StepRunner& runner, const GenerateOptions& o, const ChunkSink& sink) {
   if (o.samples < 1 || o.samples > limits::kMaxSamples || o.batch < 1 || o.batch > limits::kMaxBatch)
     throw Error("need 1 to " + std::to_string(limits::kMaxSamples) + " samples and 1 to " +
@@ -111,6 +121,7 @@ void generate(StepRunner& runner, const GenerateOptions& o, const ChunkSink& sin
   std::vector<float> cond_t(static_cast<size_t>(B * std::max<int64_t>(C, 1)));
   std::vector<double> scratch(static_cast<size_t>(Q));
   const int64_t width = std::min(o.chunk, o.samples);
+  check_chunk_bytes(B, width);
   std::vector<int64_t> out(static_cast<size_t>(B * width));
   int64_t filled = 0;
   for (int64_t t = 0; t < o.samples; ++t) {

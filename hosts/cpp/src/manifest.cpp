@@ -417,6 +417,10 @@ NativeInfo parse_native(const std::string& name, const json& e, const Manifest& 
   info.sha256 = nctx.str(e, "sha256");
   info.graph_sha256 = nctx.str(e, "graph_sha256");
   if (!is_file(info.path)) nctx.fail("file " + info.file + " is missing");
+  const int64_t size = file_size(info.path);  // before hashing: a sparse file of terabytes would take hours
+  if (size > limits::kMaxPlanBytes)
+    nctx.fail("file " + info.file + ": it is " + human_bytes(size) + ", more than the host reads (" +
+              human_bytes(limits::kMaxPlanBytes) + ", wn::limits::kMaxPlanBytes)");
   if (verify && sha256_file(info.path) != info.sha256)
     throw Error(base_name(info.path) +
                 " does not match the manifest's sha256: the plan was modified or replaced after export; re-export "

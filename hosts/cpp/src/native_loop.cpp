@@ -102,11 +102,7 @@ void generate_native(const NativePlan& plan, const StepPlan& step, const Generat
   const std::string what = "the native loop's buffers";
   const int64_t state_count = checked_mul(checked_mul(B, plan.state_rows, what), plan.R, what);
   const int64_t chunk = std::min(o.chunk, o.samples);
-  const int64_t bytes = checked_add(checked_mul(state_count, 4, what),
-                                    checked_mul(checked_mul(chunk, B, what), 16, what), what);  // + u, tokens
-  if (bytes > limits::kMaxTensorBytes)
-    throw Error(what + " need " + human_bytes(bytes) + ", more than the host allocates (" +
-                human_bytes(limits::kMaxTensorBytes) + ", wn::limits::kMaxTensorBytes)");
+  check_loop_bytes(plan, B, chunk, stats != nullptr);
   HostBuffer state(static_cast<size_t>(state_count) * sizeof(float));
   for (const StepInit& init : step.inits)
     if (init.name == step.rings[0].state) fill(state.data(), DType::Float32, static_cast<size_t>(state_count), init.value);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <set>
 
 #include "wn/limits.hpp"
@@ -189,6 +190,30 @@ NativePlan read_native_plan(const NativeInfo& info, const GraphInfo& graph, cons
       fail("its ring " + std::to_string(l) + " has a length that is not a multiple of kernel - 1");
   }
   return p;
+}
+
+// Every byte generate_native (native_loop.cpp) and wn_loop_generate allocate for B streams and chunks of `chunk`
+// steps, in checked arithmetic: the state, the speaker gate rows, the logits, the chunk's uniforms, tokens and
+// rows (+ step times), and loop.cc's scratch (its `scratch.resize` and cdf: keep this in step with
+// wn_loop_generate). The plan's G, S and H are no dimensions of the manifest, only consistent with the plan's own
+// tensors, so a plan of a few dozen MiB can ask for gigabytes of scratch per step at a large batch.
+int64_t check_loop_bytes(const NativePlan& p, int64_t B, int64_t chunk, bool timed) {
+  const std::string what = "the native loop's buffers";
+  auto mul = [&what](int64_t a, int64_t b) { return checked_mul(a, b, what); };
+  auto add = [&what](std::initializer_list<int64_t> xs) {
+    int64_t s = 0;
+    for (int64_t x : xs) s = checked_add(s, x, what);
+    return s;
+  };
+  const int64_t C = p.cond_channels, G2 = mul(2, p.G), LG2 = mul(p.L, G2), LR = mul(p.L, p.R);
+  const int64_t row = add({p.R, mul(p.L, p.P), C > 0 ? LG2 : 0, C, p.S, LR, mul(p.L, p.G), G2, p.R, LG2, p.S, p.H});
+  const int64_t floats = add({mul(mul(B, p.state_rows), p.R), mul(B, LG2), mul(B, p.Q), mul(B, row)});
+  const int64_t bytes = add({mul(floats, 4), mul(2 * 8, p.Q), mul(mul(chunk, B), 3 * 8), timed ? mul(chunk, 8) : 0});
+  if (bytes > limits::kMaxTensorBytes)
+    throw Error(what + " need " + human_bytes(bytes) + " for " + std::to_string(B) + " streams in chunks of " +
+                std::to_string(chunk) + " samples, more than the host allocates (" +
+                human_bytes(limits::kMaxTensorBytes) + ", wn::limits::kMaxTensorBytes; use a smaller --batch or --chunk)");
+  return bytes;
 }
 
 }  // namespace wn

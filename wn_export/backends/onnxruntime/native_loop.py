@@ -164,15 +164,23 @@ class LoopPlan:
         out (steps, B) int64 receives the tokens; u (steps, B) float64 or None (greedy); temperature a float, or
         (B,) float64 per row with 0 for a greedy row (u then required); cond (B, C, ≥ steps) float32 (any
         strides) when the model has local conditioning."""
+        _check_buffers(out, first, u, cond, step_ns, self.dims["cond_channels"])
         steps, B = out.shape
         rows = None
-        if np.ndim(temperature):
-            rows = np.ascontiguousarray(temperature, np.float64)
-            if rows.shape != (B,) or not np.all(rows >= 0) or (u is None and np.any(rows > 0)):
-                from wn_export.errors import InputError
+        if np.ndim(temperature):  # each 0 (greedy) or a temperature of `check_temperature`, as the Triton host's
+            from reference_model.sampling import MIN_TEMPERATURE
+            from wn_export.errors import InputError
 
-                raise InputError(f"per-row temperatures must be ({B},) values ≥ 0 (0: greedy), with uniforms")
+            rows = np.ascontiguousarray(temperature, np.float64)
+            if rows.shape != (B,) or not np.isfinite(rows).all() or ((rows != 0) & (rows < MIN_TEMPERATURE)).any() \
+                    or (u is None and np.any(rows > 0)):
+                raise InputError(f"per-row temperatures must be ({B},) finite values, each 0 (greedy) or "
+                                 f"≥ {MIN_TEMPERATURE:g}, with uniforms (got {rows.ravel()[:8].tolist()})")
             temperature = 1.0
+        elif u is not None:
+            from reference_model.sampling import check_temperature
+
+            temperature = check_temperature("sample", temperature)
         itemsize = 4
         if cond is not None:
             sb, sc, st = (s // itemsize for s in cond.strides)
@@ -191,6 +199,31 @@ class LoopPlan:
 
             raise InputError("the first tokens are outside [0, classes)" if code == 2 else
                              "the native generation loop refused its arguments")
+
+
+def _check_buffers(out, first, u, cond, step_ns, C: int) -> None:
+    """The caller's arrays, as the loop reads and writes them through their data pointers: out (steps, B) int64,
+    first (B,) int64, u (steps, B) float64 and step_ns (steps,) int64, each C-contiguous (a reversed or strided view
+    would be written past its end); cond float32 (B, C, ≥ steps) with element strides. An InputError otherwise."""
+    from wn_export.errors import InputError
+
+    def plain(a, dtype, shape) -> bool:
+        return isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape and a.flags.c_contiguous
+
+    if not (isinstance(out, np.ndarray) and out.ndim == 2 and plain(out, np.int64, out.shape) and out.flags.writeable):
+        raise InputError("the native loop's out must be a writable C-contiguous (steps, batch) int64 array (got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {list(np.shape(out))})")
+    steps, B = out.shape
+    for name, a, dtype, shape in (("first", first, np.int64, (B,)), ("u", u, np.float64, (steps, B)),
+                                  ("step_ns", step_ns, np.int64, (steps,))):
+        if (a is not None or name == "first") and not plain(a, dtype, shape):
+            raise InputError(f"the native loop's {name} must be a C-contiguous {shape} {np.dtype(dtype)} array (got "
+                             f"{getattr(a, 'dtype', type(a).__name__)} {list(np.shape(a))})")
+    if C and cond is not None and not (isinstance(cond, np.ndarray) and cond.dtype == np.float32 and cond.ndim == 3
+                                       and cond.shape[:2] == (B, C) and cond.shape[2] >= steps
+                                       and all(s % 4 == 0 for s in cond.strides)):
+        raise InputError(f"the native loop's cond must be float32 ({B}, {C}, ≥ {steps}) (got "
+                         f"{getattr(cond, 'dtype', type(cond).__name__)} {list(np.shape(cond))})")
 
 
 def plan_loop(fused: onnx.ModelProto, chain: Chain, graph, lib: str) -> LoopPlan:

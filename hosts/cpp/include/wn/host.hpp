@@ -53,6 +53,10 @@ using ChunkSink = std::function<void(const int64_t* tokens, int64_t count)>;
 // quantization_channels, the conditioning's shape; logits with NaN or +inf stop it with a wn::Error.
 void generate(StepRunner& runner, const GenerateOptions& options, const ChunkSink& sink);
 
+// Bytes of generate's chunk buffer (batch, width) int64; a wn::Error naming limits::kMaxTensorBytes beyond it
+// (generate checks it before allocating; a caller may check it before creating its outputs).
+int64_t check_chunk_bytes(int64_t batch, int64_t width);
+
 // ---- scoring ----------------------------------------------------------------------------------------
 struct ScoreResult {
   double mean = 0.0;                 // mean log-likelihood over batch × (time − 1) predictions (nats)

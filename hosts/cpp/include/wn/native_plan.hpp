@@ -43,4 +43,10 @@ struct NativePlan {
 
 NativePlan read_native_plan(const NativeInfo& info, const GraphInfo& graph, const ModelInfo& model);
 
+// Bytes the native loop (native_loop.hpp generate_native) allocates for `batch` streams in chunks of `chunk`
+// steps (with step times: `timed`), its per-step scratch included; a wn::Error naming limits::kMaxTensorBytes
+// when they exceed it (generate_native checks it before allocating; a caller may check it before creating its
+// outputs, wn_manifest_check for --batch).
+int64_t check_loop_bytes(const NativePlan& plan, int64_t batch, int64_t chunk, bool timed);
+
 }  // namespace wn
