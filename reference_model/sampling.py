@@ -62,6 +62,17 @@ def check_temperature(method: str, temperature) -> float:
     return float(temperature)
 
 
+def check_row_temperatures(temperatures, rows: int) -> np.ndarray:
+    """(rows,) temperatures, one per stream, as float64: each 0 (that stream is greedy) or a temperature that
+    `check_temperature` accepts."""
+    t = np.asarray(temperatures)
+    if t.shape != (rows,) or not np.issubdtype(t.dtype, np.floating) or not np.isfinite(t).all() \
+            or ((t != 0) & (t < MIN_TEMPERATURE)).any():
+        raise InputError(f"per-row temperatures must be ({rows},) finite floats, each 0 (greedy) or ≥ "
+                         f"{MIN_TEMPERATURE:g} (got {t.dtype} {t.shape}: {t.ravel()[:8].tolist()})")
+    return np.ascontiguousarray(t, np.float64)
+
+
 def inverse_cdf(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """logits (B, Q), u (B,) in [0, 1) → int64 samples (B,)."""
     temperature = check_temperature("sample", temperature)

@@ -167,15 +167,13 @@ class LoopPlan:
         _check_buffers(out, first, u, cond, step_ns, self.dims["cond_channels"])
         steps, B = out.shape
         rows = None
-        if np.ndim(temperature):  # each 0 (greedy) or a temperature of `check_temperature`, as the Triton host's
-            from reference_model.sampling import MIN_TEMPERATURE
+        if np.ndim(temperature):
+            from reference_model.sampling import check_row_temperatures
             from wn_export.errors import InputError
 
-            rows = np.ascontiguousarray(temperature, np.float64)
-            if rows.shape != (B,) or not np.isfinite(rows).all() or ((rows != 0) & (rows < MIN_TEMPERATURE)).any() \
-                    or (u is None and np.any(rows > 0)):
-                raise InputError(f"per-row temperatures must be ({B},) finite values, each 0 (greedy) or "
-                                 f"≥ {MIN_TEMPERATURE:g}, with uniforms (got {rows.ravel()[:8].tolist()})")
+            rows = check_row_temperatures(temperature, B)
+            if u is None and np.any(rows > 0):
+                raise InputError("per-row temperatures above 0 sample: they need uniforms")
             temperature = 1.0
         elif u is not None:
             from reference_model.sampling import check_temperature

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from reference_model import WaveNet
-from reference_model.sampling import MIN_TEMPERATURE, check_temperature
+from reference_model.sampling import check_row_temperatures, check_temperature
 from wn_export.backends.base import Regroup, StepRunner
 from wn_export.backends.triton.layout import PRECISIONS, KernelLayout, check_supported
 from wn_export.errors import BackendError, InputError
@@ -168,12 +168,7 @@ class TritonStepRunner(StepRunner):
         → (B,) float64."""
         if np.ndim(temperature) == 0:
             return np.full(self.batch, check_temperature("sample", temperature))
-        t = np.asarray(temperature)
-        if t.shape != (self.batch,) or not np.issubdtype(t.dtype, np.floating) or not np.isfinite(t).all() \
-                or ((t != 0) & (t < MIN_TEMPERATURE)).any():
-            raise InputError(f"per-stream temperatures must be ({self.batch},) finite floats, each 0 (greedy) or "
-                             f"≥ {MIN_TEMPERATURE:g} (got {t.dtype} {t.shape}: {t.ravel()[:8].tolist()})")
-        return t.astype(np.float64)
+        return check_row_temperatures(temperature, self.batch)
 
     # ---- internals ---------------------------------------------------------------------------
     def _launch(self, token, cond, steps, *, draw, greedy=False, u=None, drawn=None):
