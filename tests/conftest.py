@@ -69,6 +69,27 @@ def checkpoint_factory(tmp_path):
     return make
 
 
+# The native generation loop's models (tests/test_native_loop.py, tests/test_native_plan.py).
+LOOP_MODELS = ("k2", "k3-odd", "conditioned", "explicit-dilations")
+
+
+@pytest.fixture(scope="session")
+def loop_exports(tmp_path_factory):
+    """Ring-layout exports of LOOP_MODELS with their w16 graphs (k2 with its FP16 ones too), each checkpoint
+    beside its export directory, and k2 in the full layout ("k2-full"). Read-only: copy one to change it."""
+    from wn_export.export.pipeline import export_directory
+
+    root = tmp_path_factory.mktemp("loop_exports")
+    out = {}
+    for name in LOOP_MODELS:
+        save_checkpoint(random_model(CONFIGS[name], seed=9), root / f"{name}.safetensors")
+        out[name] = root / name
+        export_directory(out[name], root / f"{name}.safetensors", w16=True, fp16=name == "k2")
+    export_directory(root / "k2-full", root / "k2.safetensors", layout="full")
+    out["k2-full"] = root / "k2-full"
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -13,9 +13,8 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import CONFIGS, random_model
+from conftest import LOOP_MODELS
 
-from reference_model import save_checkpoint
 from wn_export.backends.onnxruntime import native, policy
 from wn_export.backends.onnxruntime.fusion import fuse
 from wn_export.backends.onnxruntime.native_loop import plan_loop
@@ -24,23 +23,14 @@ from wn_export.backends.torch_ref import TorchStepRunner, reference_model_for
 from wn_export.contract.manifest import read_manifest
 from wn_export.errors import InputError
 from wn_export.export.graph_match import NoMatch
-from wn_export.export.pipeline import export_directory
 from wn_export.generation.loop import StepLoop, generate
 
-NAMES = ("k2", "k3-odd", "conditioned", "explicit-dilations")
+NAMES = LOOP_MODELS
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    out = {}
-    for name in NAMES:
-        save_checkpoint(random_model(CONFIGS[name], seed=9), root / f"{name}.safetensors")
-        out[name] = root / name
-        export_directory(out[name], root / f"{name}.safetensors", w16=True)
-    export_directory(root / "k2-full", root / "k2.safetensors", layout="full")
-    out["k2-full"] = root / "k2-full"
-    return out
+@pytest.fixture
+def exports(loop_exports):
+    return loop_exports
 
 
 def _kwargs(cfg, batch: int, n: int, **kw):

@@ -11,9 +11,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, random_model
+from conftest import CONFIGS, LOOP_MODELS
 
-from reference_model import save_checkpoint
 from wn_export.backends.onnxruntime import native, native_plan
 from wn_export.backends.onnxruntime.native_loop import LoopPlan, speaker_table
 from wn_export.backends.onnxruntime.runner import OrtStepRunner
@@ -23,20 +22,12 @@ from wn_export.errors import ArtifactError
 from wn_export.export.pipeline import export_directory
 from wn_export.generation.loop import generate
 
-NAMES = ("k2", "k3-odd", "conditioned", "explicit-dilations")
+NAMES = LOOP_MODELS
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plans")
-    out = {}
-    for name in NAMES:
-        save_checkpoint(random_model(CONFIGS[name], seed=4), root / f"{name}.safetensors")
-        out[name] = root / name
-        export_directory(out[name], root / f"{name}.safetensors", w16=True, fp16=name == "k2")
-    export_directory(root / "k2-full", root / "k2.safetensors", layout="full")
-    out["k2-full"] = root / "k2-full"
-    return out
+@pytest.fixture
+def exports(loop_exports):
+    return loop_exports
 
 
 def _same(a, b) -> bool:
