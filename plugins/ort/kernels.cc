@@ -67,6 +67,8 @@ inline float scalar(uint16_t w) { return half_to_float(w); }
 // ---- GEMM ----------------------------------------------------------------------------------------------
 // One GEMM: C[rows × columns] = C0 + A[rows × K] · W[K × columns] (W packed; C0 may be C itself, and its row
 // stride ld0 may be 0: one row shared by every row of C).
+// With A2 set, A holds only the first K1 columns of A and A2 (row stride lda2) the other K − K1: one GEMM over
+// [A | A2] whose two parts live apart (a layer's past taps and its current input), without copying them together.
 template <typename T>
 struct Gemm {
   const float* A;
@@ -77,14 +79,19 @@ struct Gemm {
   int64_t ld0;
   float* C;
   int64_t ldc;
+  const float* A2 = nullptr;
+  int64_t lda2 = 0, K1 = 0;
 
   Gemm from_row(int64_t m) const {
     Gemm g = *this;
     g.A += m * lda;
+    if (g.A2 != nullptr) g.A2 += m * lda2;
     g.C0 += m * ld0;
     g.C += m * ldc;
     return g;
   }
+  int64_t split() const { return A2 != nullptr ? K1 : K; }  // rows [0, split) multiply A, the rest A2
+  float a(int64_t r, int64_t k) const { return k < split() ? A[r * lda + k] : A2[r * lda2 + k - K1]; }
   const T* column(int64_t c) const { return W + (c / kPanel) * stride + c % kPanel; }
 };
 
@@ -98,20 +105,25 @@ inline void kernel(const Gemm<T>& g, int64_t n) {
   vf acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = load(g.C0 + r * g.ld0 + n + VW * v);
-  const float* A = g.A;
-  for (int64_t k = 0; k < g.K; ++k) {
-    vf w[NV];
-    for (int v = 0; v < NV; ++v) {
-      w[v] = load(w0[v] + k * kPanel);
+  // rows [k0, k1) of W times A's columns [0, k1 − k0) (row stride lda)
+  const auto rows = [&](const float* A, int64_t lda, int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      vf w[NV];
+      for (int v = 0; v < NV; ++v) {
+        w[v] = load(w0[v] + k * kPanel);
 #ifdef WN_VREG
-      if (MR > 1) asm("" : WN_VREG(w[v]));
+        if (MR > 1) asm("" : WN_VREG(w[v]));
 #endif
+      }
+      for (int r = 0; r < MR; ++r) {
+        const vf a = splat(A[r * lda + (k - k0)]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+      }
     }
-    for (int r = 0; r < MR; ++r) {
-      const vf a = splat(A[r * g.lda + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
-    }
-  }
+  };
+  const int64_t K1 = g.split();
+  rows(g.A, g.lda, 0, K1);
+  if (K1 < g.K) rows(g.A2, g.lda2, K1, g.K);  // the same FMA chains, continued over A2's columns
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) store(g.C + r * g.ldc + n + VW * v, acc[r][v]);
 }
@@ -127,7 +139,7 @@ void columns(const Gemm<T>& g, int64_t n, int64_t N) {
       const T* w = g.column(n);
       for (int r = 0; r < MR; ++r) {
         float s = g.C0[r * g.ld0 + n];
-        for (int64_t k = 0; k < g.K; ++k) s += g.A[r * g.lda + k] * scalar(w[k * kPanel]);  // an FMA, as the vectors
+        for (int64_t k = 0; k < g.K; ++k) s += g.a(r, k) * scalar(w[k * kPanel]);  // an FMA, as the vectors
         g.C[r * g.ldc + n] = s;
       }
     }
@@ -234,11 +246,18 @@ float half_to_float(uint16_t h) {
 
 void gemm_from(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, const float* C0,
                int64_t ld0, float* C, int64_t ldc) {
+  gemm_from2(M, n0, N, A, lda, W.K, nullptr, 0, W, C0, ld0, C, ldc);
+}
+
+void gemm_from2(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, int64_t K1, const float* A2,
+                int64_t lda2, const Packed& W, const float* C0, int64_t ld0, float* C, int64_t ldc) {
   if (M <= 0 || n0 >= N) return;
+  if (K1 >= W.K) A2 = nullptr;
   if (W.half)
-    gemm(Gemm<uint16_t>{A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
+    gemm(Gemm<uint16_t>{A, lda, static_cast<const uint16_t*>(W.p), W.K, W.stride, C0, ld0, C, ldc, A2, lda2, K1}, M,
+         n0, N);
   else
-    gemm(Gemm<float>{A, lda, static_cast<const float*>(W.p), W.K, W.stride, C0, ld0, C, ldc}, M, n0, N);
+    gemm(Gemm<float>{A, lda, static_cast<const float*>(W.p), W.K, W.stride, C0, ld0, C, ldc, A2, lda2, K1}, M, n0, N);
 }
 
 void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, float* C,
@@ -506,35 +525,48 @@ int64_t helped_tasks() { return Helper::get().helped_.load(); }
 // ---- the layer chain -----------------------------------------------------------------------------------
 namespace {
 
-// The sequential part on the calling thread, rows [r0, r1): per layer the gate GEMM over [taps_l | x_l], the
-// gate, then (but the last) the residual GEMM. Tasks 0 … L−k0−1 of the team are the past-tap projections of
-// layers k0 … L−1 (into a.pre; ready at once); task L−k0+l may start once h_l is written, and every task once
-// h_{L−1} is.
-void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, int64_t k0) {
+// The layers whose past taps the helper projects in the pipeline (gate_in_l + taps_l · W_past,l into a.pre, a task
+// each, ready at the start of the step): n of them, spread evenly from layer 2 on (the caller needs layers 0 and 1
+// at once), so that the helper's lighter layers (skip projection only) and heavier ones alternate and it keeps pace
+// with the chain to its end, instead of falling behind over a run of heavy last layers.
+struct HelperLayers {
+  int64_t L = 0, n = 0;
+  static constexpr int64_t kFirst = 2;
+
+  int64_t layer(int64_t i) const { return kFirst + i * (L - kFirst) / n; }  // the i-th, 0 ≤ i < n
+  int64_t index(int64_t l) const {  // → i where layer(i) = l, or −1: the caller projects layer l's taps itself
+    if (n <= 0 || l < kFirst || l >= L) return -1;
+    const int64_t span = L - kFirst, i = ((l - kFirst) * n + span - 1) / span;
+    return i < n && layer(i) == l ? i : -1;
+  }
+};
+
+// The sequential part on the calling thread, rows [r0, r1): per layer one gate GEMM over [taps_l | x_l] (or, for the
+// helper's layers, over x_l from its pre_l), the gate, then (but the last) the residual GEMM. Tasks 0 … n−1 of the
+// team are the helper's past-tap projections; task n+l may start once h_l is written, and every task once h_{L−1} is.
+void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, const HelperLayers& helper) {
   const int64_t M = r1 - r0, R = a.R, G = a.G, G2 = 2 * G, L = a.L, P = a.P;
   const int64_t ldh = L * G, ldx = L * R;
   float* X = a.X + r0 * ldx;
   float* H = a.H + r0 * ldh;
   float *acc = a.acc + r0 * G2, *res = a.res + r0 * R;
   const float* taps = a.taps + r0 * L * P;
-  const int64_t pre = L - k0;  // layers whose past taps are a task of the team
+  const int64_t pre = helper.n;
   team.ready(pre);
   for (int64_t b = 0; b < M; ++b) std::memcpy(X + b * ldx, a.x0 + (r0 + b) * R, R * sizeof(float));
   for (int64_t l = 0; l < L; ++l) {
     const float* x = X + l * R;  // x_l rows, stride ldx
-    if (l + 1 < k0 && M == 1)  // the next layer's taps (another thread may have written them): asked for ahead
+    if (l + 1 < L && helper.index(l + 1) < 0 && M == 1)  // the next layer's taps (another thread may have written them)
       for (int64_t i = 0; i < P; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(taps + (l + 1) * P + i);
     // acc = gate_in_l + [taps_l | x_l] · W_gate,l: the past-tap rows, then x_l's, one FMA chain over k in order
     // (whichever thread computed the first part, the result is the same bits)
     const Packed w = a.w_gate.matrix(l, G2);
-    if (l >= k0) {
-      team.await(l - k0 + 1);
+    const float* gate_in = a.gate_in + r0 * a.gate_ld + l * G2;
+    if (const int64_t i = helper.index(l); i >= 0) {
+      team.await(i + 1);
       gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.pre + r0 * L * G2 + l * G2, L * G2, acc, G2);
-    } else if (P > 0) {
-      gemm_from(M, 0, G2, taps + l * P, L * P, w.rows(0, P), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
-      gemm_acc(M, 0, G2, x, ldx, w.rows(P, R), acc, G2);
     } else {
-      gemm_from(M, 0, G2, x, ldx, w.rows(P, R), a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, acc, G2);
+      gemm_from2(M, 0, G2, taps + l * P, L * P, P, x, ldx, w, gate_in, a.gate_ld, acc, G2);
     }
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
@@ -569,15 +601,15 @@ void past_taps(const LayersArgs& a, int64_t r0, int64_t r1, int64_t l) {
             a.gate_in + r0 * a.gate_ld + l * G2, a.gate_ld, a.pre + r0 * a.L * G2 + l * G2, a.L * G2);
 }
 
-// The first layer whose past taps the helper projects in the pipeline: it balances the weights the two threads
-// stream (caller: every layer's current-input rows and residual, the past-tap rows of layers < k0; helper: the
-// skip projections and the past-tap rows of layers ≥ k0; the head's halves are even).
-int64_t helper_from(const LayersArgs& a) {
+// The helper's past-tap layers in the pipeline: as many as balance the weights the two threads stream (caller:
+// every layer's current-input rows and residual, the past-tap rows of its layers; helper: the skip projections and
+// the past-tap rows of its layers; the head's halves are even); none alone or without taps.
+HelperLayers helper_layers(const LayersArgs& a, Split split) {
   const int64_t G2 = 2 * a.G, p = a.P * G2;
-  if (p == 0 || a.pre == nullptr) return a.L;
+  if (split != kPipeline || p == 0 || a.pre == nullptr || a.L <= HelperLayers::kFirst) return {a.L, 0};
   const int64_t caller = a.L * a.R * G2 + (a.L - 1) * a.G * a.R, helper = a.L * a.G * a.S + a.L * p;
-  const int64_t k = (helper - caller + p) / (2 * p);  // caller + k·p ≈ helper − k·p
-  return std::min(a.L, std::max<int64_t>(2, k));  // layers 0 and 1 on the caller: it needs them first
+  const int64_t k = (helper - caller + p) / (2 * p);  // caller + k·p ≈ helper − k·p: the caller projects k layers' taps
+  return {a.L, a.L - std::min(a.L, std::max(HelperLayers::kFirst, k))};
 }
 
 // Columns [n0, n1) of part `part` of `parts` (whole panels) of N columns.
@@ -639,7 +671,7 @@ void skip_last(const LayersArgs& a, const HeadArgs* h, int64_t r0, int64_t r1, i
   }
 }
 
-// One step's job over rows [r0, r1). In the pipeline its tasks are: the past-tap projections of layers k0 … L−1
+// One step's job over rows [r0, r1). In the pipeline its tasks are: the past-tap projections of the helper's layers
 // (ready at once), the skip projections 0 … L−2 (in layer order, as the chain writes h_l), the last one's column
 // halves with the skip sum's scaling and ReLU (both threads: the chain is over), then the first 1×1's column
 // halves and the second's.
@@ -649,14 +681,14 @@ struct StepJob {
   Head head;
   int64_t r0, r1;
   bool with_head;
-  int64_t k0;  // helper_from(), or L: no past-tap tasks
+  HelperLayers helper;  // the layers whose past-tap projections are tasks (none: alone)
 
-  int64_t pre() const { return a->L - k0; }
+  int64_t pre() const { return helper.n; }
   int64_t tasks() const { return pre() + a->L - 1 + kHeadParts * (with_head ? 3 : 1); }
   static void run(const void* ctx, int64_t t) {
     const StepJob& j = *static_cast<const StepJob*>(ctx);
     const int64_t L = j.a->L, n = j.pre();
-    if (t < n) return past_taps(*j.a, j.r0, j.r1, j.k0 + t);
+    if (t < n) return past_taps(*j.a, j.r0, j.r1, j.helper.layer(t));
     t -= n;
     if (t < L - 1) {
       skip_layer(*j.a, j.r0, j.r1, t, 0, j.a->S);
@@ -682,9 +714,9 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
   const HeadArgs none{};
-  const StepJob job{&a, &none, Head(none), r0, r1, false, split == kPipeline ? helper_from(a) : a.L};
+  const StepJob job{&a, &none, Head(none), r0, r1, false, helper_layers(a, split)};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
-  chain(a, r0, r1, team, job.k0);
+  chain(a, r0, r1, team, job.helper);
   team.finish();
 }
 
@@ -710,9 +742,9 @@ void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
 void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split, const StepHook* hook) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
-  const StepJob job{&a, &h, Head(h), r0, r1, true, split == kPipeline ? helper_from(a) : a.L};
+  const StepJob job{&a, &h, Head(h), r0, r1, true, helper_layers(a, split)};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
-  chain(a, r0, r1, team, job.k0);
+  chain(a, r0, r1, team, job.helper);
   if (hook != nullptr) hook->fn(hook->ctx, r0, r1);  // while the helper finishes the skip sum
   team.finish();
 }

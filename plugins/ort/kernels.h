@@ -52,6 +52,10 @@ void gemm_acc(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, con
 // C = C0 + A · W over the same columns (C0 rows with stride ld0; 0: one row for all).
 void gemm_from(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, const Packed& W, const float* C0,
                int64_t ld0, float* C, int64_t ldc);
+// The same over [A | A2]: A holds W's first K1 rows' columns (row stride lda), A2 the other W.K − K1 (row stride
+// lda2); each element is still one FMA chain over k in order, so it equals gemm_from on the two copied together.
+void gemm_from2(int64_t M, int64_t n0, int64_t N, const float* A, int64_t lda, int64_t K1, const float* A2,
+                int64_t lda2, const Packed& W, const float* C0, int64_t ld0, float* C, int64_t ldc);
 
 // h[j] = tanh(a[j]) · σ(b[j]) (rational tanh, σ(b) = ½ + ½·tanh(b/2)).
 void gate(int64_t n, const float* a, const float* b, float* h);
