@@ -92,6 +92,8 @@ def test_run_bench_reports_every_backend_and_batch(small_export):
     assert sorted((f.batch, f.weights, f.threads, f.round) for f in report.floors) == [
         (b, "fp32", n, k) for b in (1, 3) for n in (1, 2) for k in (0, 1)]
     assert all(f.samples_per_s > 0 and f.p50_samples_per_s > 0 and f.pass_us > 0 for f in report.floors)
+    # each two-thread floor carries the hand-over round trip measured beside it (one thread: none)
+    assert all((f.round_trip_ns is not None and 0 < f.round_trip_ns < 1e8) == (f.threads == 2) for f in report.floors)
     host = report.get("step", bench.HOST, 1)
     assert host.weights == "fp32" and "native loop" in host.note
     per_round = report.round_floors(1, "fp32")
@@ -112,6 +114,7 @@ def test_run_bench_reports_every_backend_and_batch(small_export):
         console.print(table)
     text = console.export_text()
     assert "onnxruntime" in text and "eager incremental" in text and "scoring" in text
+    assert "hand-over ns" in text and f"{report.floors[1].round_trip_ns:,.0f}" in text
 
 
 def test_bench_without_a_directory_builds_and_measures_the_target(monkeypatch):
@@ -262,3 +265,22 @@ def test_the_floor_is_paired_with_the_rows_round_by_round():
     assert report.floor_share_p50(row) == pytest.approx(25_000.0 / 33_000.0)
     unpaired = bench.Result("step", bench.HOST, 1, 24_000.0, (24_000.0, 24_000.0), rounds=[24_000.0], weights="fp32")
     assert report.floor_share(unpaired) == pytest.approx(0.8)  # no pairing possible: median ÷ median floor
+
+
+def test_the_hand_over_round_trip_is_measured_within_its_budget():
+    """wn_round_trip times cache-line round trips between two threads, stops at its time budget, refuses bad
+    arguments; round_trip_ns is their median."""
+    import ctypes
+
+    from wn_export.backends.onnxruntime.native import library
+    from wn_export.bench.floor import round_trip_ns
+
+    fn = ctypes.CDLL(str(library())).wn_round_trip
+    fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    ns = np.zeros(1_000_000, np.int64)
+    t0 = time.perf_counter()
+    done = fn(len(ns), 5_000_000, ns.ctypes.data)  # 5 ms: fewer than asked on any machine (≥ 5 ns each)
+    assert 0 < done < len(ns) and time.perf_counter() - t0 < 1.0
+    assert (ns[:done] > 0).all() and (ns[done:] == 0).all()
+    assert fn(0, 1, ns.ctypes.data) == -1 and fn(5, 0, ns.ctypes.data) == -1 and fn(5, 1, None) == -1
+    assert 0 < round_trip_ns(500) < 1e8

@@ -2,9 +2,11 @@
 // step would cost if it were nothing but its weight GEMMs at full rate: `batch` rows times one K × N packed
 // matrix (float32 or fp16) holding as many weights as the model streams per step, with the kernels of
 // kernels.cc, on one thread or split in two column halves between the caller and the helper thread (one
-// synchronisation per pass, as a step has).
+// synchronisation per pass, as a step has). wn_round_trip: what one hand-over between two threads costs here.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -57,5 +59,36 @@ __attribute__((visibility("default"))) int wn_weight_floor(int64_t K, int64_t N,
     if (i >= 0) ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
   }
   return 0;
+}
+
+// Times round trips of one cache line between the calling thread and a second one, both spinning on it, into
+// ns[0 … n) → how many were timed (≤ n: it stops after `budget_ns`), or −1 for bad arguments. The threads of a
+// step hand work over this way (the helper thread, kernels.cc); on a virtual machine whose two CPUs sometimes share
+// a cache and sometimes do not, this moves by 4× from one minute to the next while the floor above barely moves.
+__attribute__((visibility("default"))) int64_t wn_round_trip(int64_t n, int64_t budget_ns, int64_t* ns) {
+  if (n < 1 || budget_ns < 1 || ns == nullptr) return -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));  // an idle helper thread sleeps after 2 ms
+  alignas(128) std::atomic<int64_t> flag{0};
+  std::thread other([&flag, n] {
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v;
+      while ((v = flag.load(std::memory_order_acquire)) != 2 * i + 1)
+        if (v < 0) return;
+      flag.store(2 * i + 2, std::memory_order_release);
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  int64_t done = 0;
+  for (; done < n; ++done) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (std::chrono::duration_cast<std::chrono::nanoseconds>(t0 - start).count() > budget_ns) break;
+    flag.store(2 * done + 1, std::memory_order_release);
+    while (flag.load(std::memory_order_acquire) != 2 * done + 2) {
+    }
+    ns[done] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  }
+  flag.store(-1, std::memory_order_release);
+  other.join();
+  return done;
 }
 }

@@ -329,15 +329,22 @@ class Helper {
 
   void ready(int64_t n) { ready_.store(n, std::memory_order_release); }
 
-  // Until tasks 0 … n−1 have finished: the caller runs those the helper has not claimed (they must be ready and
-  // depend on nothing), then waits for the rest.
-  void await(int64_t n) {
+  // Until tasks 0 … n−1 have finished: the caller runs those the helper has not claimed (they must be ready; each
+  // after what Job::after says), then waits for the rest → the count of finished tasks it saw (≥ n; the helper runs
+  // its tasks in order, so tasks 0 … count−1 have all finished).
+  int64_t await(int64_t n) {
     int64_t t;
     while ((t = claim(gen_, n)) >= 0) {
+      if (job_.after) {
+        const int64_t need = job_.after(job_.ctx, t);
+        wait([&] { return finished_.load(std::memory_order_acquire) >= need; });
+      }
       job_.fn(job_.ctx, t);
       finished_.fetch_add(1, std::memory_order_acq_rel);
     }
-    wait([&] { return finished_.load(std::memory_order_acquire) >= n; });
+    int64_t seen = 0;
+    wait([&] { return (seen = finished_.load(std::memory_order_acquire)) >= n; });
+    return seen;
   }
 
   // Runs what the helper has not claimed, waits for the rest, releases the helper.
@@ -503,10 +510,8 @@ void Team::ready(int64_t n) {
 }
 
 void Team::await(int64_t n) {
-  if (helped_)
-    Helper::get().await(n);
-  else
-    ready(n);
+  if (!helped_) return ready(n);
+  if (n > seen_) seen_ = Helper::get().await(n);  // else known finished: no read of the helper's counters
 }
 
 void Team::finish() {
@@ -571,7 +576,7 @@ void chain(const LayersArgs& a, int64_t r0, int64_t r1, Team& team, const Helper
     float* h = H + l * G;
     for (int64_t b = 0; b < M; ++b) gate(G, acc + b * G2, acc + b * G2 + G, h + b * ldh);
     if (l + 1 == L) {
-      team.ready(INT64_MAX);  // the rest depends on h_{L−1} at most (and waits for its turn)
+      team.ready(pre + L);  // the skip projections and the helper's part of the last one (the rest: tail())
       break;
     }
     team.ready(pre + l + 1);
@@ -671,10 +676,13 @@ void skip_last(const LayersArgs& a, const HeadArgs* h, int64_t r0, int64_t r1, i
   }
 }
 
-// One step's job over rows [r0, r1). In the pipeline its tasks are: the past-tap projections of the helper's layers
-// (ready at once), the skip projections 0 … L−2 (in layer order, as the chain writes h_l), the last one's column
-// halves with the skip sum's scaling and ReLU (both threads: the chain is over), then the first 1×1's column
-// halves and the second's.
+// One step's job over rows [r0, r1). Its tasks: the past-tap projections of the helper's layers (ready at once), the
+// skip projections 0 … L−2 (in layer order, as the chain writes h_l), then the helper's half of each stage of the
+// tail: the last skip projection's column part 1 (with its part of the skip sum's scaling and ReLU), and with a head
+// the first 1×1's column part 1 and the second's. The caller computes the part 0s itself (tail()), releasing each
+// helper part once its own part of the stage before is written. So each thread keeps streaming the same half of
+// the tail's weights from step to step (the one in its own caches; parts claimed by whoever came first went back and
+// forth, which costs when the two cores share no cache), and a stage needs one hand-over each way.
 struct StepJob {
   const LayersArgs* a;
   const HeadArgs* h;
@@ -684,30 +692,38 @@ struct StepJob {
   HelperLayers helper;  // the layers whose past-tap projections are tasks (none: alone)
 
   int64_t pre() const { return helper.n; }
-  int64_t tasks() const { return pre() + a->L - 1 + kHeadParts * (with_head ? 3 : 1); }
+  int64_t stages() const { return with_head ? 3 : 1; }
+  int64_t tail_task() const { return pre() + a->L - 1; }  // the first of the tail's tasks
+  int64_t tasks() const { return tail_task() + stages(); }
+  // Stage k's part p: the last skip projection (k = 0), the head's first 1×1 (1) or its second (2).
+  void stage(int64_t k, int64_t p) const {
+    if (k == 0) return skip_last(*a, with_head ? h : nullptr, r0, r1, p);
+    (k == 1 ? head.first : head.second).part(r0, r1, p);
+  }
   static void run(const void* ctx, int64_t t) {
     const StepJob& j = *static_cast<const StepJob*>(ctx);
-    const int64_t L = j.a->L, n = j.pre();
+    const int64_t n = j.pre();
     if (t < n) return past_taps(*j.a, j.r0, j.r1, j.helper.layer(t));
-    t -= n;
-    if (t < L - 1) {
-      skip_layer(*j.a, j.r0, j.r1, t, 0, j.a->S);
-      if (j.a->after_layer != nullptr) j.a->after_layer(j.a->after_ctx, t, j.r0, j.r1);
+    if (t < j.tail_task()) {
+      skip_layer(*j.a, j.r0, j.r1, t - n, 0, j.a->S);
+      if (j.a->after_layer != nullptr) j.a->after_layer(j.a->after_ctx, t - n, j.r0, j.r1);
       return;
     }
-    const int64_t k = t - (L - 1);
-    if (k < kHeadParts) return skip_last(*j.a, j.with_head ? j.h : nullptr, j.r0, j.r1, k);
-    (k < 2 * kHeadParts ? j.head.first : j.head.second).part(j.r0, j.r1, k % kHeadParts);
+    j.stage(t - j.tail_task(), 1);
   }
-  static int64_t after(const void* ctx, int64_t t) {
-    const StepJob& j = *static_cast<const StepJob*>(ctx);
-    const int64_t n = j.pre(), last = n + j.a->L - 1;  // the first of the last skip projection's parts
-    if (t < n) return 0;
-    if (t <= last) return t;  // the skip sum in layer order
-    return last + (t - last) / kHeadParts * kHeadParts;  // each set of column parts after what it reads
+  static int64_t after(const void* ctx, int64_t t) {  // the skip sum in layer order, then each stage after the last
+    return t < static_cast<const StepJob*>(ctx)->pre() ? 0 : t;
+  }
+  // The caller's part 0 of each stage, once the chain is done (it has released the tail's first task).
+  void tail(Team& team) const {
+    const int64_t s = tail_task();
+    for (int64_t k = 0; k < stages(); ++k) {
+      team.await(s + k);  // stage k's input: the skip sum through layer L−2, then the helper's part of stage k − 1
+      stage(k, 0);
+      team.ready(s + k + 2);  // the helper's part of stage k + 1 may start: the caller's part of its input is written
+    }
   }
 };
-
 }  // namespace
 
 void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
@@ -717,6 +733,7 @@ void run_layers(const LayersArgs& a, int64_t r0, int64_t r1, Split split) {
   const StepJob job{&a, &none, Head(none), r0, r1, false, helper_layers(a, split)};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
   chain(a, r0, r1, team, job.helper);
+  job.tail(team);
   team.finish();
 }
 
@@ -746,6 +763,7 @@ void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Sp
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
   chain(a, r0, r1, team, job.helper);
   if (hook != nullptr) hook->fn(hook->ctx, r0, r1);  // while the helper finishes the skip sum
+  job.tail(team);
   team.finish();
 }
 

@@ -88,14 +88,15 @@ class Team {
   // force: use the helper even while the caller is backing off after a stall (the bench's floor)
   Team(const Job& job, bool help, bool force = false);
   void ready(int64_t n);
-  void await(int64_t n);  // until n tasks have finished (they must be ready and claimed in order)
+  void await(int64_t n);  // until tasks 0 … n−1 have finished, running those not yet claimed (they must be ready)
   void finish();
   ~Team() { finish(); }
 
  private:
   Job job_;
   bool helped_ = false, done_ = false;
-  int64_t ran_ = 0;  // tasks run by the caller without a helper
+  int64_t ran_ = 0;   // tasks run by the caller without a helper
+  int64_t seen_ = 0;  // with the helper: tasks 0 … seen_−1 are known to have finished (as the caller last looked)
 };
 
 void set_helper(bool on);

@@ -96,6 +96,7 @@ class Floor:
     samples_per_s: float  # batch / mean pass time: a wall-clock rate, as the rows' samples/s
     p50_samples_per_s: float  # batch / median pass time: as the rows' "at p50"
     round: int = 0  # the bench round it was measured in
+    round_trip_ns: float | None = None  # 2 threads: one hand-over's round trip between them, measured beside it
 
 
 def _median_floor(floors: list[Floor]) -> Floor | None:
@@ -246,8 +247,10 @@ class BenchReport:
         out.append(t)
         if self.floors:
             ft = Table(title="weight-streaming floor (one GEMM pass over the model's weights per step; samples/s "
-                             "= batch ÷ mean pass time; the median round)")
-            for c in ("batch", "weights", "MB per pass", "1 thread", "2 threads", "median pass µs (1 / 2 thr)"):
+                             "= batch ÷ mean pass time; the median round; hand-over: one cache-line round trip "
+                             "between the two threads, in each round)")
+            for c in ("batch", "weights", "MB per pass", "1 thread", "2 threads", "median pass µs (1 / 2 thr)",
+                      "hand-over ns (rounds)"):
                 ft.add_column(c, justify="left" if c == "weights" else "right")
             for b in sorted({f.batch for f in self.floors}):
                 for w in ("fp32", "w16"):
@@ -256,9 +259,12 @@ class BenchReport:
                     rows = {n: f for n, f in rows.items() if f is not None}
                     if rows:
                         mb = self.machine.get("weights_bytes", {}).get(w, 0) / 1e6
+                        trips = [f.round_trip_ns for f in self.floors
+                                 if (f.batch, f.weights, f.threads) == (b, w, 2) and f.round_trip_ns is not None]
                         ft.add_row(str(b), w, f"{mb:.2f}", *(f"{rows[n].samples_per_s:,.0f}" if n in rows else "–"
                                                             for n in (1, 2)),
-                                   " / ".join(f"{rows[n].pass_us:.1f}" if n in rows else "–" for n in (1, 2)))
+                                   " / ".join(f"{rows[n].pass_us:.1f}" if n in rows else "–" for n in (1, 2)),
+                                   " ".join(f"{v:,.0f}" for v in trips) or "–")
             out.append(ft)
         scoring = [r for r in self.results if r.kind == "scoring"]
         if scoring:
@@ -487,14 +493,14 @@ def _cpp_round(exe: Path, row: _CppRow, B: int, split: str, speakers, seconds: f
 
 
 def _measure_floors(plan_weights: dict[str, int], batch: int, seconds: float, rnd: int) -> list[Floor]:
-    from wn_export.bench.floor import pass_times
+    from wn_export.bench.floor import pass_times, round_trip_ns
 
     out = []
     for weights, count in plan_weights.items():
         for threads in (1, 2):
             t = pass_times(count, batch, weights == "w16", threads, seconds)
             out.append(Floor(batch, weights, threads, float(np.median(t) * 1e6), float(batch / np.mean(t)),
-                             float(batch / np.median(t)), rnd))
+                             float(batch / np.median(t)), rnd, round_trip_ns() if threads == 2 else None))
     return out
 
 
