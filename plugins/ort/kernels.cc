@@ -680,7 +680,8 @@ void skip_last(const LayersArgs& a, const HeadArgs* h, int64_t r0, int64_t r1, i
 // skip projections 0 … L−2 (in layer order, as the chain writes h_l), then the helper's half of each stage of the
 // tail: the last skip projection's column part 1 (with its part of the skip sum's scaling and ReLU), and with a head
 // the first 1×1's column part 1 and the second's. The caller computes the part 0s itself (tail()), releasing each
-// helper part once its own part of the stage before is written. So each thread keeps streaming the same half of
+// helper part once its own part of the stage before is written. When the caller has other work after the chain (a
+// StepHook), the helper's first tail task is all of the last skip projection instead (helper_last). So each thread keeps streaming the same half of
 // the tail's weights from step to step (the one in its own caches; parts claimed by whoever came first went back and
 // forth, which costs when the two cores share no cache), and a stage needs one hand-over each way.
 struct StepJob {
@@ -690,6 +691,7 @@ struct StepJob {
   int64_t r0, r1;
   bool with_head;
   HelperLayers helper;  // the layers whose past-tap projections are tasks (none: alone)
+  bool helper_last = false;  // the helper's task computes all of the last skip projection (the caller has a hook)
 
   int64_t pre() const { return helper.n; }
   int64_t stages() const { return with_head ? 3 : 1; }
@@ -709,7 +711,9 @@ struct StepJob {
       if (j.a->after_layer != nullptr) j.a->after_layer(j.a->after_ctx, t - n, j.r0, j.r1);
       return;
     }
-    j.stage(t - j.tail_task(), 1);
+    const int64_t k = t - j.tail_task();
+    if (k == 0 && j.helper_last) j.stage(0, 0);
+    j.stage(k, 1);
   }
   static int64_t after(const void* ctx, int64_t t) {  // the skip sum in layer order, then each stage after the last
     return t < static_cast<const StepJob*>(ctx)->pre() ? 0 : t;
@@ -717,7 +721,7 @@ struct StepJob {
   // The caller's part 0 of each stage, once the chain is done (it has released the tail's first task).
   void tail(Team& team) const {
     const int64_t s = tail_task();
-    for (int64_t k = 0; k < stages(); ++k) {
+    for (int64_t k = helper_last ? 1 : 0; k < stages(); ++k) {
       team.await(s + k);  // stage k's input: the skip sum through layer L−2, then the helper's part of stage k − 1
       stage(k, 0);
       team.ready(s + k + 2);  // the helper's part of stage k + 1 may start: the caller's part of its input is written
@@ -759,9 +763,14 @@ void run_head(const HeadArgs& a, int64_t r0, int64_t r1, Split split) {
 void run_step(const LayersArgs& a, const HeadArgs& h, int64_t r0, int64_t r1, Split split, const StepHook* hook) {
   if (r1 <= r0) return;
   init_skip(a, r0, r1);
-  const StepJob job{&a, &h, Head(h), r0, r1, true, helper_layers(a, split)};
+  // With a hook the helper computes all of the last skip projection while the caller runs the hook, and its part of
+  // the head's first 1×1 then needs nothing of the caller's (measured on the target, batch 1, pipeline: 43.8 → 42.8
+  // µs per step when the two cores share no cache, 35.3 → 35.2 µs when they do).
+  const bool helper_last = hook != nullptr;
+  const StepJob job{&a, &h, Head(h), r0, r1, true, helper_layers(a, split), helper_last};
   Team team(Job{StepJob::run, &job, job.tasks(), StepJob::after}, split == kPipeline);
   chain(a, r0, r1, team, job.helper);
+  if (helper_last) team.ready(job.tail_task() + 2);
   if (hook != nullptr) hook->fn(hook->ctx, r0, r1);  // while the helper finishes the skip sum
   job.tail(team);
   team.finish();
