@@ -142,6 +142,32 @@ def test_the_helper_thread_changes_no_bit(lib, B, op):
         native.wn_ort_ops_set_helper(1)
 
 
+@pytest.mark.parametrize("R, G", [(24, 11), (16, 11), (24, 8), (40, 64)])
+def test_every_split_gives_the_same_bits(lib, R, G):
+    """The pipeline (the helper's past-tap layers continue on the caller as x_l's rows), the caller alone (one GEMM
+    over [taps_l | x_l]) and the two halves of the batch give identical bits, for widths whose gate (2G) or residual
+    (R) is no multiple of the 16-column panel (the scalar column tail, where the compiler once fused one form and not
+    the other)."""
+    import ctypes
+
+    native = ctypes.CDLL(lib)
+    native.wn_ort_ops_set_policy.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    outs = {}
+    try:
+        for name, policy in (("alone", (0, 10**9)), ("pipeline", (10**9, 10**9)), ("rows", (0, 2))):
+            native.wn_ort_ops_set_policy(*policy)
+            for B in (1, 3, 8):
+                w, alpha, beta, feeds = random_layers(np.random.default_rng(B), B, R, G, 12, 2, 24)
+                sess = session(layers_model(w["w_gate"], w["w_out"], w["w_skip"], w["b_skip"], R, alpha, beta), lib)
+                outs[name, B] = sess.run(None, feeds)
+    finally:
+        native.wn_ort_ops_set_policy(16, 17)
+    for B in (1, 3, 8):
+        for name in ("pipeline",) + (("rows",) if B > 1 else ()):
+            for a, b in zip(outs["alone", B], outs[name, B]):
+                assert np.array_equal(a, b), (name, B)
+
+
 def test_the_last_skip_projection_waits_for_the_layers_before(lib):
     """The last layer's skip projection is two tasks, its column halves, one per thread; each must start after the
     layers before it (the skip sum accumulates in layer order). With skip projections far heavier than the chain,

@@ -61,6 +61,28 @@ inline vf splat(float x) {
   return vf{x, x, x, x, x, x, x, x};
 #endif
 }
+// acc + a·w as one FMA, whatever the compiler's contraction heuristics: GCC's tuning for some AMD cores leaves
+// 8-wide products unfused in places, which made a row's bits depend on its batch on AVX2 builds, and the scalar
+// column tail unfused for K ≥ 17 in one call form but not another (found by review, reproduced with standalone
+// tests). Every element of C is one FMA chain over k in order on every path.
+inline vf fmadd(vf a, vf w, vf acc) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(w),
+                                              reinterpret_cast<__m512>(acc)));
+#elif defined(__FMA__)
+  return reinterpret_cast<vf>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(w),
+                                              reinterpret_cast<__m256>(acc)));
+#else
+  return acc + a * w;  // no FMA instruction: never contracted
+#endif
+}
+inline float fmadd(float a, float w, float acc) {
+#if defined(__FMA__)
+  return __builtin_fmaf(a, w, acc);
+#else
+  return acc + a * w;
+#endif
+}
 inline float scalar(float w) { return w; }
 inline float scalar(uint16_t w) { return half_to_float(w); }
 
@@ -117,7 +139,7 @@ inline void kernel(const Gemm<T>& g, int64_t n) {
       }
       for (int r = 0; r < MR; ++r) {
         const vf a = splat(A[r * lda + (k - k0)]);
-        for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(a, w[v], acc[r][v]);
       }
     }
   };
@@ -139,7 +161,7 @@ void columns(const Gemm<T>& g, int64_t n, int64_t N) {
       const T* w = g.column(n);
       for (int r = 0; r < MR; ++r) {
         float s = g.C0[r * g.ld0 + n];
-        for (int64_t k = 0; k < g.K; ++k) s += g.a(r, k) * scalar(w[k * kPanel]);  // an FMA, as the vectors
+        for (int64_t k = 0; k < g.K; ++k) s = fmadd(g.a(r, k), scalar(w[k * kPanel]), s);  // as the vectors
         g.C[r * g.ldc + n] = s;
       }
     }
@@ -278,6 +300,16 @@ void gate(int64_t n, const float* a, const float* b, float* h) {
 }
 
 // ---- the helper thread -------------------------------------------------------------------------------
+// WN_WIDEN_RACE_WINDOWS (tests/native/claim_race.cc only) stretches the windows between a job's publication and
+// a helper leaving the previous job, so that a claim of the old generation meeting the new job shows in a test.
+#ifdef WN_WIDEN_RACE_WINDOWS
+#define WN_RACE_WINDOW() \
+  for (volatile int i_ = 0; i_ < 2000; i_ = i_ + 1) {    \
+  }
+#else
+#define WN_RACE_WINDOW()
+#endif
+
 // One process-wide helper thread shares a call's work with the calling thread. A job is T tasks, claimed in
 // order through one atomic (job generation, next task) by the helper as they become ready and by the
 // caller for whatever is left once its own part is done. Tasks write disjoint outputs, or wait for the tasks
@@ -297,6 +329,9 @@ class Helper {
   static constexpr int64_t kSpinNs = 2'000'000;
   static constexpr int64_t kStallNs = 200'000;
   static constexpr int64_t kYieldNs = 20'000;
+  static constexpr int kBits = 20;  // state_'s task count and next task: jobs of up to 2^20 − 1 tasks (else alone)
+  static constexpr int64_t kField = (int64_t{1} << kBits) - 1;
+  static constexpr uint64_t kGenerations = (uint64_t{1} << (64 - 2 * kBits)) - 1;
   static constexpr int64_t kSoloMinNs = 1'000'000, kSoloMaxNs = 256'000'000, kCalmNs = 50'000'000;
 
   static Helper& get() {
@@ -307,19 +342,21 @@ class Helper {
   // Publishes `job` to the helper → true, or false when the caller must work alone (no helper, disabled,
   // backing off after a stall, or busy with another caller's job).
   bool begin(const Job& job, bool force) {
-    if (!enabled_.load(std::memory_order_relaxed)) return false;
+    if (!enabled_.load(std::memory_order_relaxed) || job.tasks > kField) return false;
     const int64_t now = clock_ns();
     if (!force && now < solo_until_.load(std::memory_order_relaxed)) return false;
     if (busy_.test_and_set(std::memory_order_acquire)) return false;
     begun_ = now;
     start();
     job_ = job;
+    WN_RACE_WINDOW();
     ready_.store(0, std::memory_order_relaxed);
     finished_.store(0, std::memory_order_relaxed);
     stalled_ = false;
     forced_ = force;
-    gen_ = (state_.load(std::memory_order_relaxed) >> 32) + 1;
-    state_.store(gen_ << 32);  // publish: generation gen, next task 0 (seq_cst: pairs with the sleep check)
+    gen_ = (generation(state_.load(std::memory_order_relaxed)) + 1) & kGenerations;
+    // publish: generation gen of `tasks` tasks, next task 0 (seq_cst: pairs with the sleep check)
+    state_.store(gen_ << (2 * kBits) | static_cast<uint64_t>(job.tasks) << kBits);
     if (sleeping_.load()) {
       std::lock_guard<std::mutex> lock(mu_);
       cv_.notify_one();
@@ -438,14 +475,20 @@ class Helper {
   }
 
   // Claims the next task of job `gen` below `limit` (default: all) → its index, or −1 when they are taken (or the
-  // job is over).
+  // job is over). The task count comes from the same word as the generation: a helper leaving job g reads job g's
+  // count even while the caller publishes job g + 1 (with job_'s count it could take a task of the new job under
+  // the old generation, and the task would run twice).
   int64_t claim(uint64_t gen, int64_t limit = INT64_MAX) {
     uint64_t s = state_.load(std::memory_order_acquire);
-    while ((s >> 32) == gen && static_cast<int64_t>(s & 0xffffffffu) < std::min(job_.tasks, limit)) {
-      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return static_cast<int64_t>(s & 0xffffffffu);
+    WN_RACE_WINDOW();
+    while (generation(s) == gen && next_task(s) < std::min(task_count(s), limit)) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return next_task(s);
     }
     return -1;
   }
+  static uint64_t generation(uint64_t s) { return s >> (2 * kBits); }
+  static int64_t task_count(uint64_t s) { return static_cast<int64_t>((s >> kBits) & kField); }
+  static int64_t next_task(uint64_t s) { return static_cast<int64_t>(s & kField); }
 
   void loop() {
     uint64_t seen = 0;
@@ -453,7 +496,7 @@ class Helper {
     for (unsigned spins = 0;; ++spins) {
       if (stop_.load(std::memory_order_acquire)) return;
       const uint64_t s = state_.load(std::memory_order_acquire);
-      const uint64_t gen = s >> 32;
+      const uint64_t gen = generation(s);
       if (gen != seen) {  // a new job: take tasks as they become ready
         seen = gen;
         int64_t t;
@@ -478,7 +521,7 @@ class Helper {
       if (idle > kSpinNs) {
         std::unique_lock<std::mutex> lock(mu_);
         sleeping_.store(true);  // seq_cst with the state load below: a job published meanwhile is seen
-        cv_.wait(lock, [&] { return stop_.load() || (state_.load() >> 32) != seen; });
+        cv_.wait(lock, [&] { return stop_.load() || generation(state_.load()) != seen; });
         sleeping_.store(false);
         idle_since = std::chrono::steady_clock::now();
       }
@@ -490,7 +533,7 @@ class Helper {
   bool stalled_ = false, forced_ = false;
   uint64_t gen_ = 0;
   std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
-  std::atomic<uint64_t> state_{0};  // (generation << 32) | next task to claim
+  std::atomic<uint64_t> state_{0};  // generation (24 bits) | task count (20) | next task to claim (20)
   std::atomic<int64_t> ready_{0};    // tasks that may start
   std::atomic<int64_t> finished_{0}; // tasks done
   std::atomic<bool> stop_{false}, sleeping_{false};
