@@ -90,6 +90,23 @@ def loop_exports(tmp_path_factory):
     return out
 
 
+def export_with_plan_in_plans(source, dest):
+    """A copy of export `source` at `dest` whose manifest keeps its step plan in the sub-folder plans/ →
+    (directory, manifest data as written, the plan's record in it)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    d = Path(shutil.copytree(source, dest))
+    data = json.loads((d / "manifest.json").read_text())
+    (d / "plans").mkdir()
+    rec = data["native_loops"]["step"]
+    (d / rec["file"]).rename(d / "plans" / rec["file"])
+    rec["file"] = f"plans/{rec['file']}"
+    (d / "manifest.json").write_text(json.dumps(data))
+    return d, data, rec
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, LOOP_MODELS
+from conftest import CONFIGS, LOOP_MODELS, export_with_plan_in_plans
 
 from wn_export.backends.onnxruntime import native, native_plan
 from wn_export.backends.onnxruntime.native_loop import LoopPlan, speaker_table
@@ -170,13 +170,7 @@ def test_files_the_manifest_keeps_in_sub_folders_are_inputs_no_output_may_replac
     from cli import main
     from wn_export.contract.manifest import export_files
 
-    d = shutil.copytree(exports["k2"], tmp_path / "exp")
-    data = json.loads((d / "manifest.json").read_text())
-    (d / "plans").mkdir()
-    rec = data["native_loops"]["step"]
-    (d / rec["file"]).rename(d / "plans" / rec["file"])
-    rec["file"] = f"plans/{rec['file']}"
-    (d / "manifest.json").write_text(json.dumps(data))
+    d, _, rec = export_with_plan_in_plans(exports["k2"], tmp_path / "exp")
     plan = d / rec["file"]
     before = plan.read_bytes()
     assert plan in export_files(d) and read_manifest(d).native_loops["step"].path == plan

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, export_with_plan_in_plans
 from wn_export.contract.manifest import read_manifest
 from wn_export.generation import Generator
 
@@ -414,12 +414,7 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(exports, t
 def test_manifest_files_in_sub_folders_are_copied(exports, tmp_path):
     """A manifest may keep its files in sub-folders of the directory; the generate model's copy keeps them there
     and reads as the original does."""
-    d = shutil.copytree(exports["ring"], tmp_path / "exp")
-    data = json.loads((d / "manifest.json").read_text())
-    (d / "plans").mkdir()
-    rec = data["native_loops"]["step"]
-    (d / rec["file"]).rename(d / "plans" / rec["file"])
-    rec["file"] = f"plans/{rec['file']}"
+    d, data, rec = export_with_plan_in_plans(exports["ring"], tmp_path / "exp")
     (d / "graphs").mkdir()
     (d / "step.onnx").rename(d / "graphs" / "step.onnx")
     data["graphs"]["step"]["file"] = "graphs/step.onnx"
