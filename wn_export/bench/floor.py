@@ -21,14 +21,19 @@ import numpy as np
 ROWS = 256
 
 
-def pass_times(weights: int, batch: int, half: bool, threads: int, seconds: float = 0.05) -> np.ndarray:
-    """Seconds per pass (array) of `batch` rows over `weights` weights (float16 if `half`), on 1 or 2 threads."""
+def _native(name: str, restype, argtypes):
+    """Function `name` of the native library (built on first use), typed."""
     from wn_export.backends.onnxruntime.native import library
 
-    fn = ctypes.CDLL(str(library())).wn_weight_floor
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                   ctypes.c_void_p]
+    fn = getattr(ctypes.CDLL(str(library())), name)
+    fn.restype, fn.argtypes = restype, argtypes
+    return fn
+
+
+def pass_times(weights: int, batch: int, half: bool, threads: int, seconds: float = 0.05) -> np.ndarray:
+    """Seconds per pass (array) of `batch` rows over `weights` weights (float16 if `half`), on 1 or 2 threads."""
+    fn = _native("wn_weight_floor", ctypes.c_int, [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                                   ctypes.c_int, ctypes.c_int64, ctypes.c_void_p])
     cols = max(32, -(-weights // ROWS) // 32 * 32)  # whole pairs of panels: even column halves
     probe = np.zeros(3, np.int64)
     if fn(ROWS, cols, batch, int(half), threads, 3, probe.ctypes.data):
@@ -41,11 +46,7 @@ def pass_times(weights: int, batch: int, half: bool, threads: int, seconds: floa
 
 def round_trip_ns(count: int = 2000, budget_s: float = 0.05) -> float:
     """Median nanoseconds of one cache-line round trip between this thread and a second one (wn_round_trip)."""
-    from wn_export.backends.onnxruntime.native import library
-
-    fn = ctypes.CDLL(str(library())).wn_round_trip
-    fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    fn = _native("wn_round_trip", ctypes.c_int64, [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p])
     ns = np.zeros(count, np.int64)
     done = fn(count, int(budget_s * 1e9), ns.ctypes.data)
     if done < 1:
