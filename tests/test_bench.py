@@ -284,3 +284,37 @@ def test_the_hand_over_round_trip_is_measured_within_its_budget():
     assert (ns[:done] > 0).all() and (ns[done:] == 0).all()
     assert fn(0, 1, ns.ctypes.data) == -1 and fn(5, 0, ns.ctypes.data) == -1 and fn(5, 1, None) == -1
     assert 0 < round_trip_ns(500) < 1e8
+
+
+def test_the_floor_share_is_split_by_the_hand_over_of_each_round():
+    """Rounds whose two-thread floor measured a hand-over within twice the run's fastest are one group, the
+    slower ones another (the VM's cores sharing a cache or not); each group's share pairs the row's rate with its
+    own round's floor. The target line prints both groups; rounds that are all alike make one group."""
+    F = bench.Floor
+    trips = [130.0, 130.0, 400.0, 125.0, 380.0]
+    two = [30_000.0, 32_000.0, 30_000.0, 31_000.0, 29_000.0]  # each round's floor
+    floors = [F(1, "fp32", 2, 30.0, two[k], 33_000.0, k, trips[k]) for k in range(5)]
+    floors += [F(1, "fp32", 1, 60.0, 16_000.0, 16_500.0, k) for k in range(5)]
+    rates = [s * f for s, f in zip([0.85, 0.9, 0.72, 0.86, 0.76], two)]
+    row = bench.Result("step", bench.HOST, 1, 25_500.0, (min(rates), max(rates)), rounds=rates, p50_ms=0.036,
+                       weights="fp32")
+    machine = {"processor": "cpu", "load_before": "0", "load_after": "0", "onnxruntime": "1", "torch": "2",
+               "torch_threads": 2}
+    report = bench.BenchReport({"is_target": True, "description": "target"}, "", machine, {}, [row], floors=floors)
+    groups = report.floor_share_by_hand_over(row)
+    assert [(g["rounds"], g["round_trip_ns"]) for g in groups] == [(3, 130.0), (2, 390.0)]
+    assert [g["share"] for g in groups] == pytest.approx([0.86, 0.74])
+    assert report.floor_share(row) == pytest.approx(0.85)  # all five rounds, as before
+    assert report.target()["fp32_floor_share_by_hand_over"] == groups
+    line = report.summary()
+    assert "fp32 weights at 85% of the fp32 floor" in line
+    assert "86% in the 3 rounds with 130 ns hand-overs, 74% in the 2 rounds with 390 ns hand-overs" in line
+    assert json.loads(report.to_json())["results"][0]["floor_share_by_hand_over"] == groups
+    alike = bench.BenchReport({}, "", {}, {}, [], floors=[
+        F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0, k, t) for k, t in enumerate([130.0, 250.0, 140.0, 125.0, 200.0])])
+    assert [g["rounds"] for g in alike.floor_share_by_hand_over(row)] == [5]
+    unpaired = bench.Result("step", bench.HOST, 1, 24_000.0, (24_000.0, 24_000.0), rounds=[24_000.0], weights="fp32")
+    assert report.floor_share_by_hand_over(unpaired) == []
+    untimed = bench.BenchReport({}, "", {}, {}, [], floors=[F(1, "fp32", 2, 30.0, 30_000.0, 33_000.0, k)
+                                                            for k in range(5)])
+    assert untimed.floor_share_by_hand_over(row) == []  # floors without a hand-over measured
