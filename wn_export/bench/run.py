@@ -171,12 +171,19 @@ class BenchReport:
     def floor_share(self, r: Result) -> float | None:
         """Achieved ÷ floor, both wall-clock rates (preemptions by other processes count in both), paired by
         round: the median over rounds of the row's rate ÷ the same round's floor."""
-        floors = self.round_floors(r.batch, r.weights)
-        if not floors or r.kind != "step":
+        if not self.round_floors(r.batch, r.weights) or r.kind != "step":
             return None
-        if len(floors) != len(r.rounds):  # not measured round by round: the medians
+        paired = self._round_shares(r)
+        if paired is None:  # not measured round by round: the medians
             return r.samples_per_s / self.floor(r.batch, r.weights).samples_per_s
-        return float(np.median([rate / f.samples_per_s for rate, f in zip(r.rounds, floors)]))
+        return float(np.median([share for share, _ in paired]))
+
+    def _round_shares(self, r: Result) -> list[tuple[float, Floor]] | None:
+        """Each round's rate of row r ÷ the same round's floor, with that floor; None when they cannot be paired."""
+        floors = self.round_floors(r.batch, r.weights)
+        if r.kind != "step" or not floors or len(floors) != len(r.rounds):
+            return None
+        return [(rate / f.samples_per_s, f) for rate, f in zip(r.rounds, floors)]
 
     def floor_share_by_hand_over(self, r: Result) -> list[dict]:
         """Achieved ÷ floor of row r (paired by round, as floor_share) in the rounds whose hand-over round trip
@@ -184,16 +191,15 @@ class BenchReport:
         virtual machine the two CPUs may be placed on cores that share a cache or not, which a step that hands
         work over at every layer feels and the floor hardly does. One dict per group: `round_trip_ns` (the
         group's median), `rounds`, `share` (median); [] when the rounds cannot be paired or have no hand-over."""
-        floors = self.round_floors(r.batch, r.weights)
+        paired = self._round_shares(r)
         trips = {f.round: f.round_trip_ns for f in self.floors
                  if (f.batch, f.weights, f.threads) == (r.batch, r.weights, 2) and f.round_trip_ns is not None}
-        if r.kind != "step" or not floors or len(floors) != len(r.rounds) or any(f.round not in trips for f in floors):
+        if paired is None or any(f.round not in trips for _, f in paired):
             return []
-        fastest = min(trips[f.round] for f in floors)
-        near = [trips[f.round] <= 2 * fastest for f in floors]
+        fastest = min(trips[f.round] for _, f in paired)
         groups = []
-        for want in (True, False):
-            picked = [(rate / f.samples_per_s, trips[f.round]) for rate, f, n in zip(r.rounds, floors, near) if n == want]
+        for near in (True, False):
+            picked = [(share, trips[f.round]) for share, f in paired if (trips[f.round] <= 2 * fastest) == near]
             if picked:
                 groups.append({"round_trip_ns": float(np.median([t for _, t in picked])), "rounds": len(picked),
                                "share": float(np.median([s for s, _ in picked]))})
